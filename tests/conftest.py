@@ -1,7 +1,20 @@
-"""Shared pytest set-up: GPU tests skip cleanly on machines without CUDA."""
+"""Shared pytest set-up: GPU tests skip cleanly without CUDA; ``--update-golden`` rewrites goldens."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite golden files (tests/golden, tests/checks) from the current output; review the diff")
+
+
+@pytest.fixture
+def update_golden(request) -> bool:
+    """True with ``--update-golden`` (or ``NLDSL_UPDATE_GOLDEN=1``)."""
+    return bool(request.config.getoption("--update-golden")) or os.environ.get("NLDSL_UPDATE_GOLDEN") == "1"
 
 
 def pytest_collection_modifyitems(config, items):
