@@ -1,0 +1,250 @@
+"""Chunk-parallel engine of the in-context associative memories (linear or residual MLP).
+
+Semantics (docs/runtime.md, "Memory family"): inside a chunk every token reads the chunk-start
+snapshot, ``y_t = M_snap(q_t)`` (with C = 1 this is HOPE's read-before-write ``o_t = M_{t−1}(q_t)``,
+NL arXiv Eq. 94), and every inner gradient is taken at that snapshot. Each layer ℓ of the memory is an
+associative memory from its own input ``a`` to its local error ``δ`` (NL arXiv §4.1, Eq. 29-31), so the
+per-token write of layer ℓ is ``U_t = −η'_t (δ_t + [dgd]·W_snap a_t) a_tᵀ`` with the exact DGD step
+``η' = η/(1 + η‖a‖²)`` (Eq. 56-57) or ``η' = η`` under GD, followed by momentum ``S_t = β_t S_{t−1} + U_t``
+and retention ``W_t = α_t W_{t−1} + S_t`` (Titans' surprise and forget gate; Eq. 88 with C = 1).
+
+Fast form: one batched snapshot forward of the chunk, closed-form local errors (no autograd inside),
+then :func:`~nldsl.nn.functional.chunk_decay_weights` folds the chunk into ``Σ_t c_t δ_t a_tᵀ``: one
+matmul per layer. Python loops run over chunks only; a piece of a sequence that starts or ends inside a
+chunk is a shorter "segment" that keeps the snapshot (state key ``pos``).
+
+Axis legend: ``B`` batch, ``H`` memory heads, ``n`` tokens of a segment, ``i``/``o`` layer in/out width.
+State (per memory): ``{"w": {"0": W_0, ...}, "snap": {...}, "s": {...}, "pos": int}``, every tensor
+``(B, H, d_out, d_in)``; ``"s"`` (momentum) only when the rule has momentum.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from nldsl.nn.functional import activation, chunk_decay_weights, dgd_rate
+
+__all__ = [
+    "MemoryRule",
+    "OBJECTIVES",
+    "memory_shapes",
+    "init_memory_weights",
+    "chunk_segments",
+    "init_memory_state",
+    "mlp_forward",
+    "memory_read",
+    "memory_segment",
+    "memory_scan",
+]
+
+OBJECTIVES = ("dot", "l2", "self")
+"""``dot``: −⟨M(k), v⟩ (Hebbian); ``l2``: ½‖M(k) − v‖²; ``self``: ½‖M(k) − v̂‖² with v̂ = M_snap(v)."""
+
+
+@dataclass(frozen=True)
+class MemoryRule:
+    """The static description of one memory's inner learning problem (plain data, hashable)."""
+
+    depth: int = 1
+    """Number of weight matrices; 1 = linear ``W z``, L ≥ 2 = residual MLP ``z + W_L σ(… σ(W_1 z))``."""
+    activation: str = "silu"
+    """σ of the MLP memory."""
+    objective: str = "l2"
+    """One of :data:`OBJECTIVES`."""
+    dgd: bool = False
+    """Delta Gradient Descent (exact Sherman-Morrison step, per layer) instead of plain GD."""
+    momentum: bool = False
+    """Keep a momentum buffer ``S`` (Titans surprise); otherwise ``S_t = U_t``."""
+    stopgrad: bool = False
+    """Detach the writes ``Σ c_t U_t`` from the outer graph (reads and decays stay differentiable)."""
+    chunk_size: int = 1
+    """Tokens per snapshot."""
+
+
+def chunk_segments(T: int, chunk: int, pos: int) -> list[tuple[int, int]]:
+    """Split ``T`` tokens that start at position ``pos`` of a chunk into ``(start, length)`` segments."""
+    out, t0 = [], 0
+    while t0 < T:
+        n = min(chunk - pos, T - t0)
+        out.append((t0, n))
+        t0, pos = t0 + n, (pos + n) % chunk
+    return out
+
+
+def memory_shapes(depth: int, width: int, hidden: int) -> list[tuple[int, int]]:
+    """``(out, in)`` of every layer: ``width -> width`` when linear, else ``width -> hidden … -> width``."""
+    if depth == 1:
+        return [(width, width)]
+    return [(hidden, width)] + [(hidden, hidden)] * (depth - 2) + [(width, hidden)]
+
+
+def init_memory_weights(heads: int, width: int, hidden: int, depth: int, zero_linear: bool) -> nn.ParameterList:
+    """Meta-learned initial weights ``(heads, out, in)`` (outer-loop parameters).
+
+    MLP layers start at ``N(0, 1/fan_in)``; a linear memory starts at zero when ``zero_linear`` (the
+    linear-attention / DeltaNet convention ``S_0 = 0``), otherwise like an MLP layer.
+    """
+    return nn.ParameterList([
+        nn.Parameter(torch.zeros(heads, o, i) if depth == 1 and zero_linear else torch.randn(heads, o, i) / i**0.5)
+        for o, i in memory_shapes(depth, width, hidden)
+    ])
+
+
+def init_memory_state(rule: MemoryRule, weights: list[Tensor], batch: int, dtype: torch.dtype) -> dict:
+    """Expand the meta-learned initial weights ``(H, o, i)`` over the batch (gradient flows to them)."""
+    w = {str(i): p.to(dtype).unsqueeze(0).expand(batch, *p.shape) for i, p in enumerate(weights)}
+    state = {"w": w, "snap": dict(w), "pos": 0}
+    if rule.momentum:
+        state["s"] = {k: torch.zeros_like(v) for k, v in w.items()}
+    return state
+
+
+def _as_list(d: dict) -> list[Tensor]:
+    return [d[str(i)] for i in range(len(d))]
+
+
+def _as_dict(ws: list[Tensor]) -> dict:
+    return {str(i): w for i, w in enumerate(ws)}
+
+
+def mlp_forward(rule: MemoryRule, weights: list[Tensor], z: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """``M(z)``, every layer's input ``a_ℓ`` and pre-activation ``h_ℓ = W_ℓ a_ℓ`` (Eq. 89).
+
+    ``weights[ℓ]``: ``(B, H, o, i)``; ``z``: ``(B, H, N, i)`` -> ``(B, H, N, o)``.
+    """
+    sigma, _ = activation(rule.activation)
+    acts, pres, a = [], [], z
+    for ell, W in enumerate(weights):
+        h = torch.matmul(a, W.to(z.dtype).transpose(-1, -2))  # (B, H, N, o)
+        acts.append(a)
+        pres.append(h)
+        a = sigma(h) if ell + 1 < len(weights) else h
+    out = a + z if len(weights) > 1 else a
+    return out, acts, pres
+
+
+def memory_read(rule: MemoryRule, weights: list[Tensor], z: Tensor) -> Tensor:
+    """A pure read ``M(z)`` (no write)."""
+    return mlp_forward(rule, weights, z)[0]
+
+
+def _local_errors(rule: MemoryRule, weights: list[Tensor], pres: list[Tensor], e: Tensor) -> list[Tensor]:
+    """Closed-form backward of the inner loss: ``δ_L = ∂ℓ/∂out``, ``δ_ℓ = σ'(h_ℓ) ⊙ (W_{ℓ+1}ᵀ δ_{ℓ+1})``."""
+    _, dsigma = activation(rule.activation)
+    deltas = [e]
+    for ell in range(len(weights) - 1, 0, -1):
+        back = torch.matmul(deltas[0], weights[ell].to(e.dtype))  # (B, H, n, i_ℓ)
+        deltas.insert(0, back * dsigma(pres[ell - 1]))
+    return deltas
+
+
+def _output_error(rule: MemoryRule, pred: Tensor, v: Tensor, vhat: Tensor | None) -> Tensor:
+    """``∂ℓ/∂M(k)`` for the rule's objective."""
+    if rule.objective == "dot":
+        return -v
+    if rule.objective == "l2":
+        return pred - v
+    return pred - vhat
+
+
+def memory_segment(
+    rule: MemoryRule,
+    snap: list[Tensor],
+    w: list[Tensor],
+    s: list[Tensor] | None,
+    k: Tensor,
+    v: Tensor,
+    eta: Tensor,
+    log_alpha: Tensor | None = None,
+    log_beta: Tensor | None = None,
+    q: Tensor | None = None,
+) -> tuple[Tensor | None, list[Tensor], list[Tensor] | None]:
+    """Read and write ``n`` tokens that all share the snapshot ``snap`` (at most one chunk).
+
+    Args:
+        snap, w, s: snapshot, running weights and running momentum, each ``(B, H, o, i)`` per layer.
+        k: ``(B, H, n, i)`` keys; v: ``(B, H, n, o)`` values; q: ``(B, H, n, i)`` queries or ``None``.
+        eta: ``(B, H, n)`` learning rate; log_alpha, log_beta: ``(B, H, n)`` log retention (``None``: α = 1)
+            and log momentum (needed iff the rule has momentum). Logs keep tiny gates finite
+            (``logsigmoid`` of a raw gate never underflows to −inf).
+    Returns:
+        ``(y, w, s)``: reads ``M_snap(q)`` ``(B, H, n, o)`` (or ``None``) and the advanced weights/momentum.
+    """
+    n = k.shape[-2]
+    parts = [k] + ([v] if rule.objective == "self" else []) + ([q] if q is not None else [])
+    out, acts, pres = mlp_forward(rule, snap, torch.cat(parts, dim=-2))  # (B, H, len(parts)·n, ·)
+    y = out[..., out.shape[-2] - n:, :] if q is not None else None
+    sd = w[0].dtype
+    snap_w = snap
+    if rule.stopgrad:  # writes are computed from detached tensors: no graph is built for them
+        out, acts, pres = out.detach(), [a.detach() for a in acts], [h.detach() for h in pres]
+        snap_w, v = [x.detach() for x in snap], v.detach()
+        eta = eta.detach()
+    vhat = out[..., n:2 * n, :] if rule.objective == "self" else None
+    e = _output_error(rule, out[..., :n, :], v, vhat)
+    deltas = _local_errors(rule, snap_w, [h[..., :n, :] for h in pres], e)
+
+    log_alpha = log_alpha.to(sd) if log_alpha is not None else torch.zeros_like(eta, dtype=sd)
+    if rule.momentum != (log_beta is not None):
+        raise ValueError("log_beta must be given exactly when the memory rule has momentum")
+    log_beta = log_beta.to(sd) if log_beta is not None else None
+    A, c, s0, b, Bn = chunk_decay_weights(log_alpha, log_beta)  # (B, H), (B, H, n), ...
+    new_w, new_s = [], []
+    for ell, W in enumerate(w):
+        a = acts[ell][..., :n, :].to(sd)  # (B, H, n, i)
+        g = deltas[ell].to(sd)  # (B, H, n, o)
+        lr = eta.to(sd)
+        if rule.dgd:
+            g = g + pres[ell][..., :n, :].to(sd)  # W_snap a_t: the DGD erase term
+            lr = dgd_rate(lr, (a * a).sum(-1))
+        write = torch.einsum("bhno,bhni->bhoi", g * (lr * c).unsqueeze(-1), a)  # Σ_t c_t η'_t g_t a_tᵀ
+        W_new = A[..., None, None] * W - write
+        if s is not None:
+            W_new = W_new + s0[..., None, None] * s[ell]
+            s_write = torch.einsum("bhno,bhni->bhoi", g * (lr * b).unsqueeze(-1), a)
+            new_s.append(Bn[..., None, None] * s[ell] - s_write)
+        new_w.append(W_new)
+    return y, new_w, (new_s if s is not None else None)
+
+
+def memory_scan(
+    rule: MemoryRule,
+    state: dict,
+    k: Tensor,
+    v: Tensor,
+    eta: Tensor,
+    log_alpha: Tensor | None = None,
+    log_beta: Tensor | None = None,
+    q: Tensor | None = None,
+) -> tuple[Tensor | None, dict]:
+    """Run a whole piece ``(B, H, T, ·)`` chunk by chunk, continuing from ``state``.
+
+    The first segment completes the chunk the state stopped in; a full chunk refreshes the snapshot.
+    Returns the reads ``(B, H, T, o)`` (``None`` without ``q``) and the new state.
+    """
+    T = k.shape[-2]
+    C, pos = rule.chunk_size, state["pos"]
+    w, snap = _as_list(state["w"]), _as_list(state["snap"])
+    s = _as_list(state["s"]) if rule.momentum else None
+    ys = []
+    for t0, n in chunk_segments(T, C, pos):
+        sl = slice(t0, t0 + n)
+        y, w, s = memory_segment(
+            rule, snap, w, s, k[..., sl, :], v[..., sl, :], eta[..., sl],
+            None if log_alpha is None else log_alpha[..., sl],
+            None if log_beta is None else log_beta[..., sl],
+            None if q is None else q[..., sl, :],
+        )
+        ys.append(y)
+        pos = (pos + n) % C
+        if pos == 0:
+            snap = w
+    new = {"w": _as_dict(w), "snap": _as_dict(snap), "pos": pos}
+    if s is not None:
+        new["s"] = _as_dict(s)
+    y = None
+    if q is not None:
+        y = torch.cat(ys, dim=-2) if ys else q.new_zeros(*q.shape[:-1], w[-1].shape[-2])
+    return y, new
