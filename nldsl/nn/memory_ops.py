@@ -33,6 +33,8 @@ __all__ = [
     "init_memory_weights",
     "chunk_segments",
     "init_memory_state",
+    "unpack_state",
+    "pack_state",
     "mlp_forward",
     "memory_read",
     "memory_segment",
@@ -101,12 +103,20 @@ def init_memory_state(rule: MemoryRule, weights: list[Tensor], batch: int, dtype
     return state
 
 
-def _as_list(d: dict) -> list[Tensor]:
-    return [d[str(i)] for i in range(len(d))]
+def unpack_state(rule: MemoryRule, state: dict) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None, int]:
+    """``(w, snap, s, pos)`` from a memory state dict (per-layer lists; ``s`` is ``None`` without momentum)."""
+    w = [state["w"][str(i)] for i in range(len(state["w"]))]
+    snap = [state["snap"][str(i)] for i in range(len(state["snap"]))]
+    s = [state["s"][str(i)] for i in range(len(state["s"]))] if rule.momentum else None
+    return w, snap, s, state["pos"]
 
 
-def _as_dict(ws: list[Tensor]) -> dict:
-    return {str(i): w for i, w in enumerate(ws)}
+def pack_state(w: list[Tensor], snap: list[Tensor], s: list[Tensor] | None, pos: int) -> dict:
+    """Inverse of :func:`unpack_state`."""
+    state = {"w": {str(i): t for i, t in enumerate(w)}, "snap": {str(i): t for i, t in enumerate(snap)}, "pos": pos}
+    if s is not None:
+        state["s"] = {str(i): t for i, t in enumerate(s)}
+    return state
 
 
 def mlp_forward(rule: MemoryRule, weights: list[Tensor], z: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
@@ -149,6 +159,49 @@ def _output_error(rule: MemoryRule, pred: Tensor, v: Tensor, vhat: Tensor | None
     return pred - vhat
 
 
+def _snapshot_pass(
+    rule: MemoryRule, snap: list[Tensor], k: Tensor, v: Tensor, q: Tensor | None
+) -> tuple[Tensor | None, list[Tensor], list[Tensor], list[Tensor]]:
+    """One batched forward of the chunk at the snapshot: reads, and per layer ``a_t``, ``h_t``, ``δ_t`` of the keys.
+
+    Under ``stopgrad`` the write-side tensors are detached, so no graph is built for them.
+    """
+    n = k.shape[-2]
+    parts = [k] + ([v] if rule.objective == "self" else []) + ([q] if q is not None else [])
+    out, acts, pres = mlp_forward(rule, snap, torch.cat(parts, dim=-2))  # (B, H, len(parts)·n, ·)
+    y = out[..., out.shape[-2] - n:, :] if q is not None else None
+    if rule.stopgrad:
+        out, acts, pres = out.detach(), [a.detach() for a in acts], [h.detach() for h in pres]
+        snap, v = [x.detach() for x in snap], v.detach()
+    vhat = out[..., n:2 * n, :] if rule.objective == "self" else None
+    pres = [h[..., :n, :] for h in pres]
+    deltas = _local_errors(rule, snap, pres, _output_error(rule, out[..., :n, :], v, vhat))
+    return y, [a[..., :n, :] for a in acts], pres, deltas
+
+
+def _fold_chunk(
+    rule: MemoryRule, w: list[Tensor], s: list[Tensor] | None, acts: list[Tensor], pres: list[Tensor],
+    deltas: list[Tensor], eta: Tensor, log_alpha: Tensor | None, log_beta: Tensor | None,
+) -> tuple[list[Tensor], list[Tensor] | None]:
+    """``W_n = A W_0 + s0 S_0 + Σ c_t U_t`` and ``S_n = Bn S_0 + Σ b_t U_t``, one matmul per sum, in fp32+."""
+    sd = w[0].dtype
+    log_alpha = log_alpha.to(sd) if log_alpha is not None else torch.zeros_like(eta, dtype=sd)
+    A, c, s0, b, Bn = chunk_decay_weights(log_alpha, None if log_beta is None else log_beta.to(sd))
+    new_w, new_s = [], []
+    for ell, W in enumerate(w):
+        a, g, lr = acts[ell].to(sd), deltas[ell].to(sd), eta.to(sd)  # (B, H, n, i), (B, H, n, o), (B, H, n)
+        if rule.dgd:
+            g = g + pres[ell].to(sd)  # W_snap a_t: the DGD erase term
+            lr = dgd_rate(lr, (a * a).sum(-1))
+        write = torch.einsum("bhno,bhni->bhoi", g * (lr * c).unsqueeze(-1), a)  # Σ_t c_t η'_t g_t a_tᵀ
+        new_w.append(A[..., None, None] * W - write)
+        if s is not None:
+            new_w[-1] = new_w[-1] + s0[..., None, None] * s[ell]
+            s_write = torch.einsum("bhno,bhni->bhoi", g * (lr * b).unsqueeze(-1), a)
+            new_s.append(Bn[..., None, None] * s[ell] - s_write)
+    return new_w, (new_s if s is not None else None)
+
+
 def memory_segment(
     rule: MemoryRule,
     snap: list[Tensor],
@@ -172,41 +225,12 @@ def memory_segment(
     Returns:
         ``(y, w, s)``: reads ``M_snap(q)`` ``(B, H, n, o)`` (or ``None``) and the advanced weights/momentum.
     """
-    n = k.shape[-2]
-    parts = [k] + ([v] if rule.objective == "self" else []) + ([q] if q is not None else [])
-    out, acts, pres = mlp_forward(rule, snap, torch.cat(parts, dim=-2))  # (B, H, len(parts)·n, ·)
-    y = out[..., out.shape[-2] - n:, :] if q is not None else None
-    sd = w[0].dtype
-    snap_w = snap
-    if rule.stopgrad:  # writes are computed from detached tensors: no graph is built for them
-        out, acts, pres = out.detach(), [a.detach() for a in acts], [h.detach() for h in pres]
-        snap_w, v = [x.detach() for x in snap], v.detach()
-        eta = eta.detach()
-    vhat = out[..., n:2 * n, :] if rule.objective == "self" else None
-    e = _output_error(rule, out[..., :n, :], v, vhat)
-    deltas = _local_errors(rule, snap_w, [h[..., :n, :] for h in pres], e)
-
-    log_alpha = log_alpha.to(sd) if log_alpha is not None else torch.zeros_like(eta, dtype=sd)
-    if rule.momentum != (log_beta is not None):
-        raise ValueError("log_beta must be given exactly when the memory rule has momentum")
-    log_beta = log_beta.to(sd) if log_beta is not None else None
-    A, c, s0, b, Bn = chunk_decay_weights(log_alpha, log_beta)  # (B, H), (B, H, n), ...
-    new_w, new_s = [], []
-    for ell, W in enumerate(w):
-        a = acts[ell][..., :n, :].to(sd)  # (B, H, n, i)
-        g = deltas[ell].to(sd)  # (B, H, n, o)
-        lr = eta.to(sd)
-        if rule.dgd:
-            g = g + pres[ell][..., :n, :].to(sd)  # W_snap a_t: the DGD erase term
-            lr = dgd_rate(lr, (a * a).sum(-1))
-        write = torch.einsum("bhno,bhni->bhoi", g * (lr * c).unsqueeze(-1), a)  # Σ_t c_t η'_t g_t a_tᵀ
-        W_new = A[..., None, None] * W - write
-        if s is not None:
-            W_new = W_new + s0[..., None, None] * s[ell]
-            s_write = torch.einsum("bhno,bhni->bhoi", g * (lr * b).unsqueeze(-1), a)
-            new_s.append(Bn[..., None, None] * s[ell] - s_write)
-        new_w.append(W_new)
-    return y, new_w, (new_s if s is not None else None)
+    if rule.momentum != (log_beta is not None and s is not None):
+        raise ValueError("log_beta and the momentum state must be given exactly when the rule has momentum")
+    y, acts, pres, deltas = _snapshot_pass(rule, snap, k, v, q)
+    eta = eta.detach() if rule.stopgrad else eta  # η' is part of the detached write; decays stay live
+    w, s = _fold_chunk(rule, w, s, acts, pres, deltas, eta, log_alpha, log_beta)
+    return y, w, s
 
 
 def memory_scan(
@@ -224,10 +248,8 @@ def memory_scan(
     The first segment completes the chunk the state stopped in; a full chunk refreshes the snapshot.
     Returns the reads ``(B, H, T, o)`` (``None`` without ``q``) and the new state.
     """
-    T = k.shape[-2]
-    C, pos = rule.chunk_size, state["pos"]
-    w, snap = _as_list(state["w"]), _as_list(state["snap"])
-    s = _as_list(state["s"]) if rule.momentum else None
+    T, C = k.shape[-2], rule.chunk_size
+    w, snap, s, pos = unpack_state(rule, state)
     ys = []
     for t0, n in chunk_segments(T, C, pos):
         sl = slice(t0, t0 + n)
@@ -241,10 +263,7 @@ def memory_scan(
         pos = (pos + n) % C
         if pos == 0:
             snap = w
-    new = {"w": _as_dict(w), "snap": _as_dict(snap), "pos": pos}
-    if s is not None:
-        new["s"] = _as_dict(s)
     y = None
     if q is not None:
         y = torch.cat(ys, dim=-2) if ys else q.new_zeros(*q.shape[:-1], w[-1].shape[-2])
-    return y, new
+    return y, pack_state(w, snap, s, pos)

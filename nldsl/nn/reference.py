@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nldsl.nn.functional import activation
-from nldsl.nn.memory_ops import MemoryRule
+from nldsl.nn.memory_ops import MemoryRule, init_memory_state, pack_state, unpack_state
 
 __all__ = [
     "ref_mlp",
@@ -146,11 +146,8 @@ def snapshot_recurrence(
     ``state`` is the engine's state dict (``w``, ``snap``, optional ``s``, ``pos``); the returned state
     has the same layout, so pieces chain exactly as in the fast form.
     """
-    n_layers = len(state["w"])
-    w = [state["w"][str(i)] for i in range(n_layers)]
-    snap = [state["snap"][str(i)] for i in range(n_layers)]
-    s = [state["s"][str(i)] for i in range(n_layers)] if "s" in state else None
-    pos, ys = state["pos"], []
+    w, snap, s, pos = unpack_state(rule, state)
+    ys = []
     for t in range(k.shape[-2]):
         if pos == 0:
             snap = list(w)
@@ -161,11 +158,8 @@ def snapshot_recurrence(
         pos = (pos + 1) % rule.chunk_size
     if pos == 0:
         snap = list(w)
-    out = {"w": {str(i): x for i, x in enumerate(w)}, "snap": {str(i): x for i, x in enumerate(snap)}, "pos": pos}
-    if s is not None:
-        out["s"] = {str(i): x for i, x in enumerate(s)}
     y = torch.stack(ys, dim=-2) if q is not None and ys else None
-    return y, out
+    return y, pack_state(w, snap, s, pos)
 
 
 def ref_short_conv(weight: Tensor, bias: Tensor | None, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -209,10 +203,6 @@ def ref_gated_delta_rule(
     return torch.stack(outs, dim=1), S.transpose(-1, -2)
 
 
-def _expand(params, batch: int) -> list[Tensor]:
-    return [p.unsqueeze(0).expand(batch, *p.shape) for p in params]
-
-
 def ref_neural_memory(mem, x: Tensor, state: dict | None = None, recurrence: str = "snapshot") -> tuple[Tensor, dict]:
     """A :class:`~nldsl.nn.NeuralMemory` forward with the memory run token by token.
 
@@ -235,37 +225,18 @@ def ref_neural_memory(mem, x: Tensor, state: dict | None = None, recurrence: str
     eta, log_alpha, log_beta = mem.rates(x, x.dtype)
     alpha = None if log_alpha is None else torch.exp(log_alpha)
     beta = None if log_beta is None else torch.exp(log_beta)
-    w0 = _expand(mem.init_weights, B)
+    fresh = init_memory_state(rule, list(mem.init_weights), B, x.dtype)  # W_0 expanded, S_0 = 0
     if recurrence == "token":
-        s0 = [torch.zeros_like(w) for w in w0] if rule.momentum else None
+        w0, _, s0, _ = unpack_state(rule, fresh)
         y, w, s = token_recurrence(rule, w0, s0, q, k, v, eta, alpha, beta)
-        mem_state = {"w": {str(i): t for i, t in enumerate(w)}, "pos": 0}
+        mem_state = pack_state(w, w, s, 0)
     else:
-        if state is None:
-            named = {str(i): t for i, t in enumerate(w0)}
-            mem_state = {"w": named, "snap": dict(named), "pos": 0}
-            if rule.momentum:
-                mem_state["s"] = {n: torch.zeros_like(t) for n, t in named.items()}
-        else:
-            mem_state = state["memory"]
+        mem_state = fresh if state is None else state["memory"]
         y, mem_state = snapshot_recurrence(rule, mem_state, q, k, v, eta, alpha, beta)
     out_state = {"memory": mem_state}
     if conv_state is not None:
         out_state["conv"] = conv_state
     return mem.read_out(x, y), out_state
-
-
-def _write_state(rule: MemoryRule, st: dict) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None, int]:
-    n = len(st["w"])
-    s = [st["s"][str(i)] for i in range(n)] if rule.momentum else None
-    return [st["w"][str(i)] for i in range(n)], [st["snap"][str(i)] for i in range(n)], s, st["pos"]
-
-
-def _pack(w: list[Tensor], snap: list[Tensor], s: list[Tensor] | None, pos: int) -> dict:
-    out = {"w": {str(i): x for i, x in enumerate(w)}, "snap": {str(i): x for i, x in enumerate(snap)}, "pos": pos}
-    if s is not None:
-        out["s"] = {str(i): x for i, x in enumerate(s)}
-    return out
 
 
 def ref_self_modifying(smt, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
@@ -280,8 +251,8 @@ def ref_self_modifying(smt, x: Tensor, state: dict | None = None) -> tuple[Tenso
     B, T, D = x.shape
     H, P, m = cfg.n_heads, cfg.proj_heads, len(smt.names)
     state = smt.init_state(B, x.device, x.dtype) if state is None else state
-    bw, bsnap, bs, bpos = _write_state(smt.bank_rule, state["bank"])
-    mw, msnap, ms, mpos = _write_state(smt.mem_rule, state["mem"])
+    bw, bsnap, bs, bpos = unpack_state(smt.bank_rule, state["bank"])
+    mw, msnap, ms, mpos = unpack_state(smt.mem_rule, state["mem"])
     conv_kv, conv_q = state.get("conv_kv"), state.get("conv_q")
 
     def heads(z: Tensor, n: int) -> Tensor:  # (B, D) -> (B, n, D/n)
@@ -322,7 +293,7 @@ def ref_self_modifying(smt, x: Tensor, state: dict | None = None) -> tuple[Tenso
         bpos, mpos = (bpos + 1) % cfg.proj_chunk_size, (mpos + 1) % cfg.chunk_size
     bsnap = list(bw) if bpos == 0 else bsnap
     msnap = list(mw) if mpos == 0 else msnap
-    new_state = {"bank": _pack(bw, bsnap, bs, bpos), "mem": _pack(mw, msnap, ms, mpos)}
+    new_state = {"bank": pack_state(bw, bsnap, bs, bpos), "mem": pack_state(mw, msnap, ms, mpos)}
     if conv_kv is not None:
         new_state["conv_kv"], new_state["conv_q"] = conv_kv, conv_q
     return smt.read_out(x, torch.stack(ys, dim=2)), new_state

@@ -30,6 +30,7 @@ from nldsl.nn.functional import ACTIVATIONS, l2_normalize, logit, softplus_inver
 from nldsl.nn.layers import RMSNorm, ShortConv, check_finite, check_positive_int, compute_dtype
 from nldsl.nn.memory_ops import (
     MemoryRule, chunk_segments, init_memory_state, init_memory_weights, memory_read, memory_scan, memory_segment,
+    pack_state, unpack_state,
 )
 from nldsl.nn.neural_memory import short_conv
 
@@ -198,42 +199,47 @@ class SelfModifyingTitans(nn.Module):
     def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
         B, T, D = x.shape
         cfg = self.config
-        H, P, m = cfg.n_heads, cfg.proj_heads, len(self.names)
         state = self.init_state(B, x.device, x.dtype) if state is None else state
         if T == 0:  # an empty piece (e.g. building the initial state): nothing is read or written
             return x.new_zeros(B, 0, D), state
-        sd = compute_dtype(x.dtype)
-        bank = state["bank"]
-        w, snap = [bank["w"][str(i)] for i in range(cfg.depth)], [bank["snap"][str(i)] for i in range(cfg.depth)]
-        s = [bank["s"][str(i)] for i in range(cfg.depth)] if self.bank_rule.momentum else None
-        pos, conv_kv = bank["pos"], state.get("conv_kv")
-        log_beta = math.log(cfg.momentum) if cfg.momentum > 0 else None
-        ks, vs, qs, etas, log_alphas = [], [], [], [], []
-        for t0, n in chunk_segments(T, cfg.proj_chunk_size, pos):
-            k, v, q_raw, eta, log_alpha, conv_kv = self.project_chunk(x[:, t0:t0 + n], snap, conv_kv, sd)
-            lb = None if log_beta is None else torch.full((B, m * P, n), log_beta, dtype=sd, device=x.device)
-            _, w, s = memory_segment(self.bank_rule, snap, w, s, self._bank_key(k, m), self._bank(v, m),
-                                     self._bank_rate(eta[..., H:]), self._bank_rate(log_alpha[..., H:]), lb)
-            pos = (pos + n) % cfg.proj_chunk_size
-            snap = w if pos == 0 else snap
-            for out, value in ((ks, k), (vs, v), (qs, q_raw), (etas, eta[..., :H]), (log_alphas, log_alpha[..., :H])):
-                out.append(value)
-        new_state = {"bank": {"w": _named(w), "snap": _named(snap), "pos": pos}}
-        if s is not None:
-            new_state["bank"]["s"] = _named(s)
-        if conv_kv is not None:
-            new_state["conv_kv"] = conv_kv
-        q = torch.cat(qs, dim=1) if cfg.adaptive_q else self.q_proj(x)  # (B, T, D)
+        k, v, q_raw, eta, log_alpha, new_state = self.run_projections(x, state)
+        q = q_raw if cfg.adaptive_q else self.q_proj(x)  # (B, T, D)
         if self.conv_q is not None:
             q, new_state["conv_q"] = short_conv(self.conv_q, q, state.get("conv_q"))
         q = self._normed_key(q)
-        eta, log_alpha = torch.cat(etas, 1).transpose(1, 2), torch.cat(log_alphas, 1).transpose(1, 2)  # (B, H, T)
-        lb = None if log_beta is None else torch.full_like(eta, log_beta)
-        y, new_state["mem"] = memory_scan(
-            self.mem_rule, state["mem"], self._heads(torch.cat(ks, 1), H), self._heads(torch.cat(vs, 1), H),
-            eta, log_alpha, lb, self._heads(q, H),
-        )
+        H = cfg.n_heads
+        eta, log_alpha = eta[..., :H].transpose(1, 2), log_alpha[..., :H].transpose(1, 2)  # (B, H, T)
+        log_beta = torch.full_like(eta, math.log(cfg.momentum)) if self.mem_rule.momentum else None
+        y, new_state["mem"] = memory_scan(self.mem_rule, state["mem"], self._heads(k, H), self._heads(v, H),
+                                          eta, log_alpha, log_beta, self._heads(q, H))
         return self.read_out(x, y), new_state
+
+    def run_projections(self, x: Tensor, state: dict):
+        """The projection memories over a piece, chunk by chunk (``proj_chunk_size``), reading then writing.
+
+        Returns k, v, raw q (or ``None``) ``(B, T, D)``, η and log α ``(B, T, H + P)`` for every token, and
+        the new state's ``bank`` / ``conv_kv`` entries.
+        """
+        B, T, _ = x.shape
+        cfg, m, sd = self.config, len(self.names), compute_dtype(x.dtype)
+        w, snap, s, pos = unpack_state(self.bank_rule, state["bank"])
+        conv_kv, outs = state.get("conv_kv"), []
+        for t0, n in chunk_segments(T, cfg.proj_chunk_size, pos):
+            k, v, q_raw, eta, log_alpha, conv_kv = self.project_chunk(x[:, t0:t0 + n], snap, conv_kv, sd)
+            log_beta = None
+            if self.bank_rule.momentum:
+                log_beta = torch.full((B, m * cfg.proj_heads, n), math.log(cfg.momentum), dtype=sd, device=x.device)
+            H = cfg.n_heads
+            _, w, s = memory_segment(self.bank_rule, snap, w, s, self._bank_key(k, m), self._bank(v, m),
+                                     self._bank_rate(eta[..., H:]), self._bank_rate(log_alpha[..., H:]), log_beta)
+            pos = (pos + n) % cfg.proj_chunk_size
+            snap = w if pos == 0 else snap
+            outs.append((k, v, q_raw, eta, log_alpha))
+        k, v, q_raw, eta, log_alpha = (None if parts[0] is None else torch.cat(parts, 1) for parts in zip(*outs))
+        new_state = {"bank": pack_state(w, snap, s, pos)}
+        if conv_kv is not None:
+            new_state["conv_kv"] = conv_kv
+        return k, v, q_raw, eta, log_alpha, new_state
 
     def read_out(self, x: Tensor, y: Tensor) -> Tensor:
         """Per-head RMSNorm, ``silu`` gate and output projection: ``(B, H, T, d)`` -> ``(B, T, D)``."""
@@ -244,10 +250,6 @@ class SelfModifyingTitans(nn.Module):
         if self.gate is not None:
             y = y * F.silu(self.gate(x))
         return self.out(y)
-
-
-def _named(ws: list[Tensor]) -> dict:
-    return {str(i): w for i, w in enumerate(ws)}
 
 
 def _width(width: int, mult: float) -> int:

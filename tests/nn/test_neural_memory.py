@@ -24,7 +24,7 @@ CASES = {
     "linear_l2_gd": dict(depth=1, objective="l2"),
     "linear_dot_dgd_decay": dict(depth=1, objective="dot", dgd=True, retention=0.9, retention_mode="data"),
     "mlp2_l2_dgd_momentum": dict(depth=2, objective="l2", dgd=True, lr=0.1, momentum=0.8, momentum_mode="data"),
-    "mlp2_self_all_data": dict(depth=2, objective="self", dgd=True, lr_mode="data", retention=0.9,
+    "mlp2_self_all_data": dict(depth=2, objective="self", dgd=True, lr=0.05, lr_mode="data", retention=0.9,
                                retention_mode="data", momentum=0.7, momentum_mode="data", conv_size=4),
     "mlp3_dot_learned": dict(depth=3, objective="dot", lr=0.05, lr_mode="learned", retention=0.95,
                              retention_mode="learned", momentum=0.5, momentum_mode="learned", activation="gelu"),

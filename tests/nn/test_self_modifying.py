@@ -49,13 +49,14 @@ def test_fast_form_equals_composed_reference(chunk, proj_chunk):
         for key in state[part]["w"]:
             assert_rel_close(state[part]["w"][key], state_ref[part]["w"][key], 1e-10, f"{part} W{key}")
         assert state[part]["pos"] == state_ref[part]["pos"]
+        assert max(w.abs().max() for w in state[part]["w"].values()) < 10  # a bounded, meaningful case
 
 
 VARIANTS = {
     "adaptive_q_two_proj_heads": dict(adaptive_q=True, proj_heads=2),
     "plain_gd_no_momentum_l2": dict(dgd=False, momentum=0.0, mem_objective="l2"),
     "depth3_gelu_no_conv": dict(depth=3, activation="gelu", conv_size=0, output_gate=False, output_norm=False,
-                                eta_scale=0.05, momentum=0.5),
+                                eta_scale=0.02, momentum=0.0),
     "stopgrad": dict(stopgrad=True),
 }
 
@@ -63,7 +64,9 @@ VARIANTS = {
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_variants_equal_reference(variant):
     smt, x = make(chunk_size=3, proj_chunk_size=4, **VARIANTS[variant]), inputs()
-    assert_rel_close(smt(x)[0], ref_self_modifying(smt, x)[0], 1e-10, variant)
+    y, state = smt(x)
+    assert_rel_close(y, ref_self_modifying(smt, x)[0], 1e-10, variant)
+    assert max(w.abs().max() for w in state["bank"]["w"].values()) < 10  # a bounded, meaningful case
 
 
 def test_float32_matches_float64_reference():

@@ -1,0 +1,161 @@
+"""Lowering (nldsl.lower, nldsl.registry): modules from the registry, parameter ownership, located errors."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import SHRINK, build_small, example
+
+from nldsl.errors import NLError
+from nldsl.lower import lower
+from nldsl.nn.cms import CMS
+from nldsl.nn.neural_memory import NeuralMemory
+from nldsl.nn.self_modifying import SelfModifyingTitans
+from nldsl.nn.transformer import CausalSelfAttention
+from nldsl.plan import plan
+from nldsl.registry import COMPONENTS, lowering
+from nldsl.source import render
+
+RUNNABLE = [n for n in SHRINK if n != "optimizers"]
+
+SMALL = """model m {{ vocab = 256  dim = 16  {body} }}
+train {{ optimizer adamw(lr = 0.01) for all  steps = 4  batch = 2  seq = 16  data = text("builtin:shakespeare") }}
+"""
+
+
+def _lower_text(body: str):
+    return lower(plan(SMALL.format(body=body)))
+
+
+def _modules(model, cls) -> list:
+    return [m for m in model.modules() if isinstance(m, cls)]
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_every_runnable_example_lowers_and_runs(name):
+    c = build_small(name)
+    trainable = [p for p in c.model.parameters() if p.requires_grad]
+    in_groups = [p for o in c.optimizers for g in o.param_groups for p in g["params"]]
+    assert len(in_groups) == len({id(p) for p in in_groups}) == len(trainable)
+    x = torch.randn(2, c.plan.model.inputs) if c.plan.model.task == "classify" else torch.randint(0, 256, (2, 5))
+    with torch.no_grad():
+        logits, _ = c.model(x)
+    width = c.plan.model.classes if c.plan.model.task == "classify" else 256
+    assert logits.shape[-1] == width and torch.isfinite(logits).all()
+
+
+def test_registry_maps_kinds_to_runtime_classes():
+    c = build_small("tiny")
+    assert len(_modules(c.model, SelfModifyingTitans)) == 2 and len(_modules(c.model, CMS)) == 2
+    t = build_small("titans")
+    assert len(_modules(t.model, NeuralMemory)) == 2
+    h = build_small("hope_attention")
+    assert len(_modules(h.model, CausalSelfAttention)) == 1
+
+
+def test_configs_come_from_the_plan():
+    c = build_small("tiny")
+    titans = _modules(c.model, SelfModifyingTitans)[0].config
+    assert (titans.n_heads, titans.chunk_size, titans.proj_chunk_size, titans.dgd) == (2, 8, 4, True)
+    assert (titans.mem_objective, titans.stopgrad, titans.conv_size, titans.qk_norm) == ("self", False, 4, True)
+    cms = _modules(c.model, CMS)[0]
+    assert [lv.period for lv in cms.levels] == [8, 32, 128, None]
+    assert [lv.lr for lv in cms.levels[2:3]] == [1e-4] and cms.levels[0].objective == "task"
+    mem = _modules(build_small("titans").model, NeuralMemory)[0].config
+    assert (mem.lr_mode, mem.retention_mode, mem.momentum_mode, mem.chunk_size) == ("data", "data", "data", 8)
+    assert mem.lr == pytest.approx(0.01) and mem.objective == "l2" and not mem.dgd
+
+
+def test_approximations_are_located_warnings():
+    c = build_small("tiny")
+    assert c.notes and all(d.code == "NL502" and d.severity.value == "warning" for d in c.notes)
+    lines = {d.span.line for d in c.notes}
+    assert 18 in lines and 30 in lines  # learned momentum, data-dependent CMS lr
+    assert "tiny.nl:30" in render(c.notes[-2]) or any("tiny.nl:30" in render(d) for d in c.notes)
+
+
+def test_every_n_steps_level_gets_its_own_param_group():
+    c = build_small("tiny")
+    periodic = [g for o in c.optimizers for g in o.param_groups if g["nl_every"] > 1]
+    assert {(g["nl_every"], g["nl_reduce"]) for g in periodic} == {(4, "mean")}
+    names = {id(p): n for n, p in c.model.named_parameters()}
+    owners = {c.component_of(names[id(p)]) for g in periodic for p in g["params"]}
+    assert owners == {"tiny_hope[0].ffn.outer"}
+
+
+def test_tied_head_shares_the_embedding():
+    c = build_small("tiny")
+    assert c.model.head.weight is c.model.embed.weight
+
+
+def test_frozen_components_do_not_train():
+    low = _lower_text("component f : mlp { update never }  component g : swiglu")
+    frozen = [n for n, p in low.model.named_parameters() if not p.requires_grad]
+    assert frozen and all(".f." in n for n in frozen)
+
+
+def test_component_of_names_the_spec_component():
+    c = build_small("tiny")
+    names = dict(c.model.named_parameters())
+    mem = next(n for n in names if n.endswith("mem_init.0"))
+    assert c.component_of(mem) == "tiny_hope[0].titans.mem"
+    bank = next(n for n in names if "bank_init" in n)
+    assert c.component_of(bank) == "tiny_hope[0].titans.k"
+
+
+@pytest.mark.parametrize("body, line_text, code", [
+    ("component a : attention(heads = 2, window = 8)", "sliding-window attention", "NL501"),
+    ("component a : attention(heads = 2, kv_heads = 1)", "grouped-query", "NL501"),
+    ("component m : neural_memory(persistent = 4) { update every 4 tokens  objective l2  optimizer gd }",
+     "persistent memory tokens", "NL501"),
+    ("component m : neural_memory { update every 4 tokens  objective huber  optimizer gd }", "huber", "NL501"),
+    ("component c : cms { objective task  level f : mlp(depth = 3) { update every 4 tokens  optimizer gd } }",
+     "residual 2-layer", "NL501"),
+], ids=["window", "gqa", "persistent", "huber", "cms-depth"])
+def test_what_the_runtime_cannot_run_is_a_located_error(body, line_text, code):
+    with pytest.raises(NLError) as info:
+        _lower_text(body)
+    diag = info.value.diagnostics[0]
+    assert diag.code == code and line_text in diag.message
+    assert diag.span.path == "<string>" and diag.span.line == 1 and diag.span.col > 1
+
+
+def test_a_value_the_runtime_rejects_is_located():
+    with pytest.raises(NLError) as info:
+        _lower_text("component a : attention(heads = 16)")  # head dim 1 is odd: no rotary embedding
+    assert info.value.diagnostics[0].code == "NL504" and info.value.diagnostics[0].span.line == 1
+
+
+def test_a_registry_miss_lists_the_known_kinds():
+    p = plan(SMALL.format(body="component f : mlp"))
+    entry = dataclasses.replace(p.component("f"), kind="hypernet")
+    with pytest.raises(NLError) as info:
+        lowering(entry)
+    assert all(k in info.value.diagnostics[0].hint for k in COMPONENTS)
+
+
+def test_optimizer_levels_are_refused_with_a_location():
+    with pytest.raises(NLError) as info:
+        build_small("optimizers")
+    diag = info.value.diagnostics[0]
+    assert diag.code == "NL501" and diag.span.path.endswith("optimizers.nl") and diag.span.line == 22
+
+
+def test_nested_cms_chains_levels_along_the_init_transfers():
+    c = build_small("cms_variants")
+    nested = [m for m in _modules(c.model, CMS) if m.variant == "nested"][0]
+    assert [lv.period for lv in nested.levels] == [512, 128, 16]
+    assert any("nested CMS chains" in d.message for d in c.notes)
+
+
+def test_plan_spans_reach_runtime_failures():
+    c = build_small("transformer")
+    with pytest.raises(RuntimeError, match=r"transformer\.nl:\d+:\d+: in 'transformer\[0\]\.attn'"):
+        c.model.layers[0].sublayers["attn"](torch.randn(1, 3, 7))
+
+
+def test_examples_lower_without_compile_or_gpu():
+    p = plan(example("continual"))
+    low = lower(p)
+    assert [type(o).__name__ for o in low.optimizers] == ["AdamW"] and len(low.schedulers) == 1
