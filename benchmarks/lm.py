@@ -168,6 +168,9 @@ def param_count(model: nn.Module) -> int:
 
 
 # ------------------------------------------------------------------------------------- compiling
+_COMPILED_SEGMENT: dict = {}
+
+
 @contextlib.contextmanager
 def compiled_chunks(backend: str = "inductor"):
     """Within the block: the per-chunk memory update runs through ``torch.compile`` (benchmark-only patch).
@@ -178,8 +181,9 @@ def compiled_chunks(backend: str = "inductor"):
     from nldsl.nn import memory_ops, self_modifying
 
     original = memory_ops.memory_segment
-    fast = torch.compile(original, backend=backend, dynamic=False)
-    memory_ops.memory_segment = self_modifying.memory_segment = fast
+    if backend not in _COMPILED_SEGMENT:  # one wrapper per backend: a new one would miss dynamo's cache
+        _COMPILED_SEGMENT[backend] = torch.compile(original, backend=backend, dynamic=False)
+    memory_ops.memory_segment = self_modifying.memory_segment = _COMPILED_SEGMENT[backend]
     try:
         yield
     finally:
@@ -242,11 +246,9 @@ def make_train_step(model: nn.Module, name: str, compile_mode: str = "auto", bac
         return token_losses(logits, targets).mean()
 
     loss_fn = torch.compile(whole_loss, backend=backend) if mode == "model" and segment is None else whole_loss
-    patch = compiled_chunks(backend) if mode == "chunk" else contextlib.nullcontext()
-
     def step(batch: Tensor) -> Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]
-        with patch:
+        with compiled_chunks(backend) if mode == "chunk" else contextlib.nullcontext():
             if segment is None:
                 loss = loss_fn(inputs, targets)
                 loss.backward()

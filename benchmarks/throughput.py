@@ -88,8 +88,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--batch needs one value per sequence length, got {batches} for {seqs}")
     args.shapes = list(zip(seqs, batches))
     args.compile_modes = _compile_modes(p, args.compile, args.models)
-    if args.smoke:
-        args.compile_modes = {m: "eager" for m in args.models}
+    if args.smoke:  # eager unless asked; dynamo only (no inductor codegen) when asked
+        args.backend = "eager"
+        if args.compile == "auto":
+            args.compile_modes = {m: "eager" for m in args.models}
         args.steps, args.new_tokens, args.prompt = min(args.steps, 2), min(args.new_tokens, 3), min(args.prompt, 8)
         args.source = "lm" if args.source == "auto" else args.source
     args.gen_batches = [int(b) for b in args.gen_batches.split(",")] if not args.smoke else [1, 2]

@@ -45,8 +45,7 @@ def _graph_of(spec_or_graph: Any) -> Any:
     if isinstance(spec_or_graph, LevelGraph):
         return spec_or_graph
     if isinstance(spec_or_graph, (str, Path)):
-        spec_or_graph = load(Path(spec_or_graph) if isinstance(spec_or_graph, str) and
-                             spec_or_graph.endswith(".nl") and "\n" not in spec_or_graph else spec_or_graph)
+        spec_or_graph = load(spec_or_graph)
     return build_graph(spec_or_graph)
 
 
@@ -65,13 +64,15 @@ def render_ladder(spec_or_graph: Any, out: str | Path, tokens: int | None = None
 
 
 def format_source(text_or_path: str | Path) -> str:
-    """The canonical formatting of `.nl` text (or of a file, for a ``Path``)."""
+    """The canonical formatting of `.nl` text, or of a file (a ``Path``, or a one-line ``str`` that ends in
+    ``.nl`` or names an existing file, as for ``load``). Raises ``NLError`` with diagnostics."""
     from nldsl.fmt import fmt
-    from nldsl.source import Source
+    from nldsl.spec import is_path
+    from nldsl.spec.resolve import read_source
 
-    if isinstance(text_or_path, Path):
-        return fmt(Source.from_path(text_or_path))
-    return fmt(text_or_path)
+    if isinstance(text_or_path, Path) or is_path(str(text_or_path)):
+        return fmt(read_source(str(text_or_path)))
+    return fmt(str(text_or_path))
 
 
 def __getattr__(name: str) -> Any:

@@ -189,7 +189,7 @@ COMPONENTS: dict[str, ComponentKind] = {c.name: c for c in (
         _p("depth", "int", 0, "0 = a tensor buffer; L >= 1 = an MLP memory (deep momentum)"),
         _p("output", "symbol", "identity", "applied to the read-out (newton_schulz = Muon)",
            choices=("identity", "newton_schulz", "sign", "rsqrt"))),
-        owns=(), stateful=True, objectives=("dot", "l2"), paper="NL §4.2-4.4, App. B"),
+        owns=(), stateful=True, objectives=("dot", "l2", "orthogonality"), paper="NL §4.2-4.4, App. B"),
 )}
 
 CONTEXTS: dict[str, Kind] = {k.name: k for k in (

@@ -117,13 +117,12 @@ def _color(stream) -> bool:
 
 
 def print_diagnostics(diags, stream=None, sources=None) -> None:
-    """Render diagnostics (source line, caret, hint), one blank line apart."""
-    from nldsl.source import render
-
+    """Render diagnostics (source line, caret, hint), one blank line apart; each file is read once."""
     stream = stream or sys.stdout
     color = _color(stream)
+    lines = _SourceLines(sources)
     for diag in diags:
-        text = render(diag, sources)
+        text = render_diagnostic(diag, lines(diag.span.path))
         if color:
             shade = {"error": "\033[1;31m", "warning": "\033[1;33m", "note": "\033[1;36m"}[diag.severity.value]
             head, _, rest = text.partition("\n")
@@ -131,6 +130,88 @@ def print_diagnostics(diags, stream=None, sources=None) -> None:
             text = head.replace(word, f"{shade}{word}\033[0m", 1) + ("\n" + rest if rest else "")
         print(text, file=stream)
         print(file=stream)
+
+
+class _SourceLines:
+    """The lines of each file diagnostics point into, counted as the parser counts them (at ``\\n``)."""
+
+    def __init__(self, sources=None):
+        self.sources = dict(sources or {})
+        self.cache: dict[str, list[str] | None] = {}
+
+    def __call__(self, path: str) -> list[str] | None:
+        if path not in self.cache:
+            from nldsl.source import Source
+            from nldsl.syntax import source_text
+
+            source = self.sources.get(path)
+            try:
+                source = source if source is not None else None if path.startswith("<") else Source.from_path(path)
+            except (OSError, ValueError):
+                source = None
+            self.cache[path] = None if source is None else source_text(source.text).split("\n")
+        return self.cache[path]
+
+
+LINE_WIDTH = 160
+"""Longer source lines are shown as a window around the span."""
+
+
+def render_diagnostic(diag, lines: list[str] | None = None) -> str:
+    """``nldsl.source.render`` with the source line made safe to print: tabs and control characters
+    shown one column wide, wide (CJK, emoji) characters counted as two columns under the caret, and
+    a long line cut to a window around the span."""
+    span = diag.span
+    head = f"{span}: {diag.severity.value}[{diag.code}]: {_one_line(diag.message)}"
+    text = lines[span.line - 1] if lines is not None and 1 <= span.line <= len(lines) else None
+    if text is None:
+        return head + (f"\n  = hint: {_one_line(diag.hint)}" if diag.hint else "")
+    start, end = span.col - 1, (span.end_col - 1 if span.end_line == span.line else len(text))
+    shown, pad, width = _window(text, start, max(end, start + 1))
+    gutter = " " * len(str(span.line))
+    out = [head, f"{gutter} |", f"{span.line} | {shown}", f"{gutter} | {' ' * pad}{'^' * max(1, width)}"]
+    if diag.hint:
+        out.append(f"{gutter} = hint: {_one_line(diag.hint)}")
+    return "\n".join(out)
+
+
+def _window(text: str, start: int, end: int) -> tuple[str, int, int]:
+    """``(line shown, caret offset, caret width)`` in terminal columns."""
+    cells = [_cell(c) for c in text.rstrip("\r")]
+    lo, hi, prefix = 0, len(cells), ""
+    if sum(w for _, w in cells) > LINE_WIDTH:
+        lo = max(0, min(start - LINE_WIDTH // 3, len(cells) - LINE_WIDTH))
+        hi = min(len(cells), max(lo + LINE_WIDTH, min(end, lo + 2 * LINE_WIDTH)))
+        prefix = "…" if lo else ""
+    visible = cells[lo:hi]
+    shown = prefix + "".join(c for c, _ in visible) + ("…" if hi < len(cells) else "")
+    pad = len(prefix) + sum(w for _, w in cells[lo:max(lo, start)])
+    width = sum(w for _, w in cells[max(lo, start):min(hi, end)])
+    if start >= len(cells):  # the span is the end of the line (or past it)
+        pad, width = len(prefix) + sum(w for _, w in visible) + max(0, start - len(cells)), 1
+    return shown, pad, width
+
+
+def _cell(char: str) -> tuple[str, int]:
+    """A character as printed and its width: tab -> one space, control -> U+FFFD, CJK -> 2, combining -> 0."""
+    import unicodedata
+
+    if char == "\t":
+        return " ", 1
+    category = unicodedata.category(char)
+    if category in ("Cc", "Cs", "Zl", "Zp") or (category == "Cf" and char != "\u200d"):
+        return "\ufffd", 1
+    if unicodedata.combining(char) or category in ("Mn", "Me"):
+        return char, 0
+    return char, 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def _one_line(text: str) -> str:
+    """Messages quote user text (strings may hold newlines): keep the header on one line."""
+    return "".join(_ESCAPES.get(c, c) if ord(c) < 32 or c in "\x7f\u2028\u2029" else c for c in text)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": "\\0"}
 
 
 def load_checked(path: str, stream=None):
@@ -286,13 +367,13 @@ def _fmt_one(path: str, check_only: bool) -> str:
     except NLError as err:
         print_diagnostics(err.diagnostics, sys.stderr, {source.path: source})
         return "error"
-    if path == "-":
+    if path == "-" and not check_only:
         sys.stdout.write(text)
         return "same"
     if text == source.text:
         return "same"
     if check_only:
-        print(f"would reformat {path}", file=sys.stderr)
+        print(f"would reformat {source.path if path == '-' else path}", file=sys.stderr)
         return "would"
     try:
         Path(path).write_text(text, encoding="utf-8")

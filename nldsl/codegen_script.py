@@ -128,7 +128,8 @@ def main(argv=None) -> None:
             print(f"step {step}/{args.steps}  loss {loss:.4f}  lr {lr:.3g}")
             if windows is not None and (step % EVAL_EVERY == 0 or step == args.steps):
                 val = validation_loss(model, forward, loss_fn, windows, device)
-                log.write(json.dumps({"step": step, "split": "val", "loss": val}) + "\\n")
+                finite = val if math.isfinite(val) else None  # JSON has no NaN (as in nldsl.metrics)
+                log.write(json.dumps({"step": step, "split": "val", "loss": finite}) + "\\n")
                 print(f"step {step}: val loss {val:.4f}  ppl {math.exp(min(val, 700.0)):.2f}")
     weights = out / "model.safetensors"
     save_model(model, str(weights))

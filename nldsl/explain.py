@@ -43,12 +43,13 @@ class Row:
 def rows(graph: LevelGraph) -> list[Row]:
     """The table as data: levels fastest first, components in flow order inside a level."""
     out = []
+    gens = generated(graph)
     for level in graph.levels():
         for path in level.components:
             count = param_count(graph, path)
             out.append(Row(level.index, level.frequency.label, level.frequency.period, path,
                            graph.component(path).kind, None if count is None else count * graph.repeat(path),
-                           _context(graph, path), _objective(graph, path), _optimizer(graph, path),
+                           _context(graph, path), _objective(graph, path), _optimizer(graph, path, gens),
                            _transfers(graph, path)))
     return out
 
@@ -78,11 +79,11 @@ def _objective(graph: LevelGraph, path: str) -> str:
     return "-"
 
 
-def _optimizer(graph: LevelGraph, path: str) -> str:
+def _optimizer(graph: LevelGraph, path: str, generators: dict[str, list[str]]) -> str:
     comp, freq = graph.component(path), graph.frequency(path)
     if comp.optimizer is not None and freq.kind != "steps" or comp.kind == "buffer" and comp.optimizer:
         return comp.optimizer.kind
-    gens = generated(graph).get(path)
+    gens = generators.get(path)
     if gens:
         return "updates from " + ", ".join(g.rsplit(".", 1)[-1] for g in gens)
     train = graph.spec.train

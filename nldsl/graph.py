@@ -172,18 +172,19 @@ class LevelGraph:
 
     def level_of(self, path: str) -> int:
         """The level index of a component (1 = fastest)."""
-        for level in self.levels():
-            if path in level.components:
-                return level.index
-        raise KeyError(path)
+        if path not in self.nx:
+            raise KeyError(path)
+        freq = self.frequency(path)
+        return 1 + len({self.frequency(p) for p in self.nx if self.frequency(p).key > freq.key})
 
     def order(self) -> list[str]:
         """Components in a stable order: data flow first where it is acyclic, then spec order."""
         spec_order = list(self.nx.nodes)
+        index = {path: i for i, path in enumerate(spec_order)}
         flow = nx.DiGraph([(u, v) for u, v, _ in self.edges("flow")])
         flow.add_nodes_from(spec_order)
         try:
-            return list(nx.lexicographical_topological_sort(flow, key=spec_order.index))
+            return list(nx.lexicographical_topological_sort(flow, key=index.__getitem__))
         except nx.NetworkXUnfeasible:
             return spec_order
 
@@ -425,8 +426,13 @@ def _first_name(call: m.Call, keyword: str = "name") -> tuple[str, Span] | None:
 
 
 def _int(value: m.Value | None, default: int | None = None) -> int | None:
-    if isinstance(value, m.Number) and isinstance(value.value, int) and not isinstance(value.value, bool):
-        return value.value
+    """A whole number (``64``, ``64.0`` or ``1e3``: the checks accept all three for integer settings)."""
+    if isinstance(value, m.Number) and not isinstance(value.value, bool):
+        x = value.value
+        if isinstance(x, int):
+            return x
+        if isinstance(x, float) and math.isfinite(x) and x.is_integer():
+            return int(x)
     return default
 
 
@@ -443,8 +449,7 @@ def _call(spec_or_graph: "m.Spec | LevelGraph | str") -> LevelGraph:
 
         from nldsl.spec import load
 
-        text = str(spec_or_graph)
-        spec_or_graph = load(Path(text) if text.endswith(".nl") and "\n" not in text else text)
+        spec_or_graph = load(spec_or_graph if isinstance(spec_or_graph, Path) else str(spec_or_graph))
     return build_graph(spec_or_graph)
 
 

@@ -3,7 +3,8 @@
 ``lower(plan)`` builds the network of ``nldsl.model`` from the registry (``nldsl.registry.COMPONENTS``),
 gives every trainable tensor to exactly one outer optimizer param group (the Plan's ``ParamGroup`` for its
 component and category, with that group's ``every N steps`` period), builds the optimizers
-(``nldsl.outer.OPTIMIZERS``) and their schedules. Anything the runtime cannot run raises ``NLError`` with a
+(``nldsl.outer.OPTIMIZERS``; optimizer levels, ``buffer``s generating a weight's updates, through
+``nldsl.lower_levels``) and their schedules. Anything the runtime cannot run raises ``NLError`` with a
 diagnostic located at the ``.nl`` line of the plan entry; approximations are collected as warning notes.
 
 >>> from nldsl.plan import plan
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from nldsl.lower_errors import LowerError, Notes, located
+from nldsl.lower_levels import level_optimizer
 from nldsl.model import FlowBlock, NLModel, Sublayer
 from nldsl.nn.layers import RMSNorm, ShortConv
 from nldsl.outer import OPTIMIZERS, OuterLoop, schedule
@@ -56,7 +58,7 @@ def lower(plan: Plan, device: str | torch.device = "cpu", dtype: torch.dtype | N
     for o in plan.optimizers:
         groups = _param_groups(o, params, slots)
         if groups:
-            optimizers.append(_optimizer(o, groups, cuda))
+            optimizers.append(_optimizer(o, groups, cuda, plan))
             opt_plans.append(o)
         elif o.level is None:
             ctx.notes.warn(o.span, f"{o.kind} owns no trainable tensor: it is not built")
@@ -189,17 +191,12 @@ def _param_groups(o: OptimizerPlan, params: dict, slots: dict) -> list[dict]:
     return [{"params": ps, "nl_every": every, "nl_reduce": reduce} for (every, reduce), ps in buckets.items()]
 
 
-def _optimizer(o: OptimizerPlan, groups: list[dict], cuda: bool) -> torch.optim.Optimizer:
+def _optimizer(o: OptimizerPlan, groups: list[dict], cuda: bool, plan: Plan) -> torch.optim.Optimizer:
     if o.level is not None:
-        return _level_optimizer(o, groups)
+        return level_optimizer(o, plan, groups)
     if o.kind not in OPTIMIZERS:
         raise LowerError(o.span, f"no runtime optimizer for '{o.kind}'", f"known: {', '.join(sorted(OPTIMIZERS))}")
     try:
         return OPTIMIZERS[o.kind](o, groups, cuda)
     except ValueError as err:
         raise located(o.span, err) from err
-
-
-def _level_optimizer(o: OptimizerPlan, groups: list[dict]) -> torch.optim.Optimizer:
-    raise LowerError(o.span, f"optimizer levels (buffers that generate the updates of {o.level}) are not "
-                     "lowered yet", "train the component with an outer optimizer (remove the transfer generate)")

@@ -15,7 +15,7 @@ catalog kind               runtime                                              
 ``linear`` (component)     ``torch.nn.Linear``                                        pre-norm residual
 ``conv``                   ``nldsl.nn.layers.ShortConv`` (state adapter)              pre-norm residual
 ``norm``                   ``nldsl.nn.layers.RMSNorm`` / ``torch.nn.LayerNorm``       plain
-``neural_memory``          ``nldsl.nn.neural_memory.NeuralMemory``                    pre-norm residual
+``neural_memory``          ``nldsl.model.RateMemory`` (a ``NeuralMemory``)            pre-norm residual
 ``self_modifying_titans``  ``nldsl.nn.self_modifying.SelfModifyingTitans``            pre-norm residual
 ``cms``                    ``nldsl.nn.cms.CMS`` (levels: ``CMSLevel``)                own residual
 ``embedding`` / ``head``   ``torch.nn.Embedding`` (``Linear`` for classify) / ``Linear``  model ends
@@ -31,7 +31,6 @@ from torch import nn
 from nldsl.lower_errors import LowerError, Notes
 from nldsl.nn.cms import CMS, CMSLevel
 from nldsl.nn.layers import RMSNorm, ShortConv, SwiGLU
-from nldsl.nn.neural_memory import NeuralMemory
 from nldsl.nn.self_modifying import SelfModifyingTitans
 from nldsl.nn.transformer import CausalSelfAttention
 from nldsl.plan import ComponentPlan, Hyper, Plan
@@ -66,17 +65,10 @@ class Lowering:
 
 
 def attention(c: ComponentPlan, ctx: Ctx) -> nn.Module:
-    if c.get("window"):
-        raise LowerError(c.span, "sliding-window attention is not in the runtime yet",
-                         "use global attention (window = 0)")
-    if c.get("kv_heads") != c.get("heads"):
-        raise LowerError(c.span, "grouped-query attention (kv_heads != heads) is not in the runtime yet",
-                         "leave kv_heads out (it defaults to heads)")
-    if not c.get("rope"):
-        raise LowerError(c.span, "attention without rotary embeddings is not in the runtime yet", "use rope = true")
-    if c.get("normalize"):
-        ctx.notes.warn(c.span, "the runtime's attention has no q/k normalisation: it runs without it")
-    return CausalSelfAttention.Config(dim=ctx.dim, n_heads=c.get("heads"), rope_base=c.get("rope_base")).build()
+    norm_ = set(c.get("normalize") or ())
+    return CausalSelfAttention.Config(dim=ctx.dim, n_heads=c.get("heads"), rope_base=c.get("rope_base"),
+                                      kv_heads=c.get("kv_heads"), window=c.get("window"), rope=bool(c.get("rope")),
+                                      q_norm="q" in norm_, k_norm="k" in norm_).build()
 
 
 def swiglu(c: ComponentPlan, ctx: Ctx) -> nn.Module:
@@ -129,25 +121,13 @@ def rate(h: Hyper, ctx: Ctx, span) -> tuple[float, str]:
         raise LowerError(span, f"{h.name} = memory({h.source}) needs a self-modifying component",
                          "use a number, learned(x) or data(...)")
     if h.form == "data":
+        if h.name == "lr" and h.activation == "sigmoid":  # RateMemory: scale * sigmoid(W x + b)
+            return h.value, "data"
         if h.activation != RUNTIME_ACT[h.name]:
             ctx.notes.warn(h.span or span, f"the runtime's data-dependent {h.name} uses {RUNTIME_ACT[h.name]}, "
                            f"not {h.activation}")
         return h.value * RATE_BASE[h.name], "data"
     return h.value, "constant" if h.form == "const" else "learned"
-
-
-def constant(h: Hyper | None, ctx: Ctx, span, default: float, where: str) -> float:
-    """A hyperparameter the runtime only takes as a constant: learned/data forms run at their start value."""
-    if h is None:
-        return default
-    if h.form == "memory":
-        raise LowerError(h.span or span, f"{where} cannot take {h.name} from a memory", "use a number")
-    if h.form != "const":
-        value = h.value * RATE_BASE.get(h.name, 1.0) if h.form == "data" else h.value
-        ctx.notes.warn(h.span or span, f"{where} takes {h.name} as a constant: {h.render()} runs as the "
-                       f"constant {value:g}")
-        return value
-    return h.value
 
 
 def normalized_qk(c: ComponentPlan) -> bool:
@@ -180,9 +160,12 @@ def neural_memory(c: ComponentPlan, ctx: Ctx) -> nn.Module:
     ret, ret_mode = rate(r.hyper("retain"), ctx, c.span)
     beta = r.hyper("beta") or r.hyper("momentum")
     mom, mom_mode = rate(beta, ctx, c.span) if beta is not None else (0.0, "constant")
-    return NeuralMemory.Config(
+    from nldsl.model import RateMemory
+
+    sigmoid_lr = r.hyper("lr").form == "data" and r.hyper("lr").activation == "sigmoid"
+    return RateMemory.Config(
         dim=ctx.dim, n_heads=heads, depth=c.get("depth"), hidden_mult=c.get("hidden") / (ctx.dim // heads),
-        objective=objective, dgd=r.optimizer == "dgd", lr=lr, lr_mode=lr_mode, retention=ret,
+        lr_activation="sigmoid" if sigmoid_lr else "softplus", objective=objective, dgd=r.optimizer == "dgd", lr=lr, lr_mode=lr_mode, retention=ret,
         retention_mode=ret_mode, momentum=mom, momentum_mode=mom_mode, chunk_size=c.period.every,
         stopgrad=r.grad == "stopgrad", qk_norm=normalized_qk(c), conv_size=c.get("conv"),
         qkv_activation="silu", output_norm=bool(c.get("gate")), output_gate=bool(c.get("gate"))).build()
@@ -207,13 +190,10 @@ def self_modifying(c: ComponentPlan, ctx: Ctx) -> nn.Module:
     if inner not in ("dgd", "gd", "momentum"):
         raise LowerError(rule.span or c.span, f"the runtime's memories learn with dgd, gd or momentum, not {inner}")
     _check_rates(c)
-    beta = rule.hyper("momentum") or rule.hyper("beta")
-    grads = {k.name: k.rule.grad for k in mems}
-    if len(set(grads.values())) > 1:
-        ctx.notes.warn(c.span, "the runtime has one stop-grad switch for all memories: "
-                       "the meta-gradient flows through every memory's writes (grad = unrolled)")
+    momentum, momentum_mode = _momentum(rule.hyper("momentum") or rule.hyper("beta"), rule.span or c.span)
+    cut = tuple(k.name for k in mems if k.rule.grad == "stopgrad")
     return SelfModifyingTitans.Config(
-        dim=ctx.dim, n_heads=c.get("heads"),
+        dim=ctx.dim, n_heads=c.get("heads"), proj_heads=1,
         depth=_same({k.name: _depth(k) for k in mems}, "depth", c.span, "give every memory the same depth"),
         activation=_same({k.name: k.get("activation") for k in mems}, "activation", c.span, "use one activation"),
         hidden_mult=mem.get("hidden") / (ctx.dim // c.get("heads")),
@@ -223,10 +203,20 @@ def self_modifying(c: ComponentPlan, ctx: Ctx) -> nn.Module:
         proj_chunk_size=_same({n: kids[n].period.every for n in bank}, "chunk", c.span,
                               "k, v, eta and alpha share one period (mem may have its own)"),
         mem_objective="self" if dict(mem.rule.objective_args).get("target") == "self" else "l2",
-        dgd=inner == "dgd", momentum=constant(beta, ctx, rule.span, 0.0, "the self-modifying Titans") if beta else 0.0,
+        dgd=inner == "dgd", momentum=momentum, momentum_mode=momentum_mode,
         adaptive_q=c.get("q") == "adaptive", conv_size=c.get("conv"), qk_norm=normalized_qk(c),
-        stopgrad=all(g == "stopgrad" for g in grads.values()), output_norm=bool(c.get("gate")),
-        output_gate=bool(c.get("gate"))).build()
+        stopgrad=len(cut) == len(mems), stopgrad_memories=() if len(cut) == len(mems) else cut,
+        output_norm=bool(c.get("gate")), output_gate=bool(c.get("gate"))).build()
+
+
+def _momentum(h: Hyper | None, span) -> tuple[float, str]:
+    """The memories' momentum: none, a constant, or a learned scalar per memory head."""
+    if h is None:
+        return 0.0, "constant"
+    if h.form not in ("const", "learned"):
+        raise LowerError(h.span or span, f"the self-modifying Titans takes {h.name} as a number or learned(x), "
+                         f"not {h.render()}", "write momentum = 0.9 or momentum = learned(0.9)")
+    return h.value, "constant" if h.form == "const" else "learned"
 
 
 def _memories(c: ComponentPlan, ctx: Ctx) -> dict[str, ComponentPlan]:
@@ -283,16 +273,17 @@ def cms(c: ComponentPlan, ctx: Ctx) -> nn.Module:
 
 
 def cms_owners(module: nn.Module, c: ComponentPlan, plan: Plan) -> dict[str, tuple[str, ...]]:
+    """A level's norm and rate belong to it; a base to every level that reads it (init transfers, nested)."""
     from nldsl.lower_cms import level_order
 
     levels = level_order(c, plan)
     out = {}
     for name, _ in module.named_parameters():
         parts = name.split(".")
-        if parts[0] in ("bases", "norms"):
-            i = int(parts[1])
-            shared = parts[0] == "bases" and module.variant == "nested"
-            out[name] = tuple(lv.path for lv in levels) if shared else (levels[i].path,)
+        if parts[0] == "bases":
+            out[name] = tuple(levels[t].path for t in module.sharing(int(parts[1])))
+        elif parts[0] in ("norms", "rates"):
+            out[name] = (levels[int(parts[1])].path,)
         else:
             out[name] = (c.path,)
     return out

@@ -28,7 +28,8 @@ from nldsl import catalog
 from nldsl.checkpoint import fingerprint
 from nldsl.datasets import DataError, TextSplit, TokenData, load_text, tokenize_split
 from nldsl.errors import NLError
-from nldsl.overrides import Override, load_source, load_with_overrides, parse_overrides
+from nldsl.overrides import (Override, OverrideError, apply_overrides, load_source, load_with_overrides,
+                             parse_overrides)
 from nldsl.source import Diagnostic, Source, has_errors
 from nldsl.spec import model as m
 from nldsl.spec.export import to_dict
@@ -179,8 +180,16 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Sequence[Override] = 
     try:
         spec, source = load_with_overrides(path, items)
     except NLError as err:
-        raise SpecInvalid(err.diagnostics, load_source(path), items) from err
+        raise SpecInvalid(err.diagnostics, _shown_source(path, items), items) from err
     return spec, source, check_spec(spec, source, items)
+
+
+def _shown_source(path: str | Path, items: Sequence[Override]) -> Source:
+    """The text diagnostics point into: the edited source when the overrides apply, else the file."""
+    try:
+        return apply_overrides(load_source(path), items)
+    except (OverrideError, NLError):
+        return load_source(path)
 
 
 # --------------------------------------------------------------------------- device
@@ -261,14 +270,14 @@ class Run:
 
     def write_record(self) -> None:
         """run.json + spec.nl: enough for `nldsl eval/generate --ckpt DIR` to rebuild the run."""
-        assert self.out is not None
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / SPEC_COPY).write_text(self.source.text, encoding="utf-8")
+        out = self.checkpoint_dir.parent  # RunError without an output folder
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SPEC_COPY).write_text(self.source.text, encoding="utf-8")
         record = {"spec_path": str(Path(self.source.path).resolve()) if not self.source.path.startswith("<") else
                   self.source.path, "overrides": [str(o) for o in self.overrides], "spec_hash": self.spec_hash,
                   "tokenizer": self.tokenizer.name, "vocab_size": self.tokenizer.vocab_size,
                   "settings": asdict(self.settings)}
-        (self.out / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (out / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def default_out(spec_path: str | Path, settings: TrainSettings) -> Path:
@@ -307,6 +316,7 @@ def prepare_run(path: str | Path, overrides: Sequence[str] = (), *, out: str | P
     if vocab is not None:  # the tokenizer's declared size must match the model's too (check NL404)
         items = parse_overrides([*overrides, *extra, f"model.vocab={vocab}", f"tokenizer=bpe(vocab = {vocab})"])
         spec, source, warnings = load_spec(path, items)
+        settings = train_settings(spec)
     data = tokenize_split(split, tokenizer) if split is not None and load_data else None
     return Run(spec, source, settings, items, tokenizer, split, data, spec_hash(spec), out_dir, warnings)
 

@@ -10,6 +10,7 @@ Token('RULE', 'model')
 """
 from __future__ import annotations
 
+import re
 import threading
 from functools import lru_cache
 from importlib import resources
@@ -50,6 +51,9 @@ class _Collector(threading.local):
         self.comments: list[Token] = []
         self.depth = 0
         self.too_deep: Token | None = None
+        self.text = ""
+        self.glued: tuple[Token, str] | None = None
+        """The first number with a name glued to it (``0x10``, ``4tokens``) and that name."""
 
 
 _STATE = _Collector()
@@ -72,10 +76,20 @@ def _on_close(tok: Token) -> Token:
     return tok
 
 
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _on_number(tok: Token) -> Token:
+    word = _WORD.match(_STATE.text, tok.end_pos) if _STATE.glued is None else None
+    if word is not None:
+        _STATE.glued = (tok, word.group())
+    return tok
+
+
 @lru_cache(maxsize=2)
 def parser(keep_all_tokens: bool = False) -> Lark:
     """The cached LALR parser; ``keep_all_tokens`` keeps keywords and punctuation (for ``fmt``)."""
-    callbacks = {"COMMENT": _on_comment}
+    callbacks = {"COMMENT": _on_comment, "NUMBER": _on_number}
     callbacks.update({name: _on_open for name in _OPEN})
     callbacks.update({name: _on_close for name in _CLOSE})
     return Lark(grammar_text(), parser="lalr", lexer="contextual", propagate_positions=True,
@@ -95,15 +109,18 @@ def parse_with_comments(source: Source | str, *, keep_all_tokens: bool = False) 
     """Like ``parse`` and also return the ``# comment`` tokens in source order (for the formatter)."""
     src = source if isinstance(source, Source) else Source(path="<string>", text=source)
     text = _check_text(src)
-    _STATE.comments, _STATE.depth, _STATE.too_deep = [], 0, None
+    _STATE.comments, _STATE.depth, _STATE.too_deep, _STATE.text, _STATE.glued = [], 0, None, text, None
     try:
         tree = parser(keep_all_tokens).parse(text)
     except UnexpectedInput as err:
-        raise NLSyntaxError([_too_deep(src) if _STATE.too_deep else _diagnose(src, err)]) from None
+        first = _too_deep(src) if _STATE.too_deep else _glued(src) if _STATE.glued else _diagnose(src, err)
+        raise NLSyntaxError([first]) from None
     except (LarkError, RecursionError) as err:  # defensive: lark internals, never expected
         raise NLSyntaxError([_diag(src, "NL101", Span.point(src.path), f"cannot parse: {err}")]) from None
     if _STATE.too_deep is not None:
         raise NLSyntaxError([_too_deep(src)])
+    if _STATE.glued is not None:
+        raise NLSyntaxError([_glued(src)])
     deep = _deepest(tree)
     if deep is not None:
         raise NLSyntaxError([_diag(src, "NL105", span_of(src.path, deep), "expression nested too deeply",
@@ -122,9 +139,19 @@ def _deepest(tree: Tree) -> Tree | None:
     return None
 
 
+def source_text(text: str) -> str:
+    """The text the parser reads: a leading BOM dropped, ``\r\n`` and a lone ``\r`` read as ``\n``.
+
+    Lines are counted at ``\n`` only, so spans, ``nldsl fmt`` and the rendered source lines agree on
+    files with Windows or classic Mac line endings (``\r\n`` keeps every line and column unchanged).
+    """
+    text = text[1:] if text.startswith("\ufeff") else text
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
 def _check_text(src: Source) -> str:
-    """Reject what is not text before lark sees it (binary data, huge files); strip a BOM."""
-    text = src.text[1:] if src.text.startswith("\ufeff") else src.text
+    """Reject what is not text before lark sees it (binary data, huge files); normalise line ends."""
+    text = source_text(src.text)
     if len(text) > MAX_BYTES:
         raise NLSyntaxError([_diag(src, "NL106", Span.point(src.path),
                                    f"input too large ({len(text) / 2**20:.0f} MB; the limit is "
@@ -151,7 +178,7 @@ def _diagnose(src: Source, err: UnexpectedInput) -> Diagnostic:
         return _bad_character(src, err)
     if isinstance(err, UnexpectedToken) and err.token.type != "$END":
         tok = err.token
-        hint = _expected_hint(err.expected)
+        hint = _keyword_hint(err) or _expected_hint(err.expected)
         return _diag(src, "NL101", _token_span(src.path, tok), f"unexpected {_describe(tok)}", hint)
     expected = getattr(err, "expected", None) or ()
     span = _end_span(src)
@@ -175,9 +202,19 @@ def _bad_character(src: Source, err: UnexpectedCharacters) -> Diagnostic:
 
 
 def _char_at(src: Source, pos: int) -> str:
-    """The character at ``pos`` of the text lark saw (BOM removed)."""
-    text = src.text[1:] if src.text.startswith("\ufeff") else src.text
+    """The character at ``pos`` of the text lark saw."""
+    text = source_text(src.text)
     return text[pos] if 0 <= pos < len(text) else "?"
+
+
+def _glued(src: Source) -> Diagnostic:
+    """A number with a name glued to it: ``0x10``, ``1e``, ``4tokens``, ``64px``."""
+    number, name = _STATE.glued
+    span = Span(path=src.path, line=number.line, col=number.column, end_line=number.line,
+                end_col=number.column + len(number.value) + len(name))
+    return _diag(src, "NL100", span, f"invalid number '{number.value}{name}'",
+                 "numbers are decimal (64, 0.5, .5, 1e-3, 1_000); hexadecimal and units are not part of a "
+                 "number: put a space between a number and a name")
 
 
 def _describe(tok: Token) -> str:
@@ -188,6 +225,26 @@ def _describe(tok: Token) -> str:
     if tok.type == "STRING":
         return f"string {tok.value[:40]}"
     return f"'{tok.value}'"
+
+
+def keywords() -> tuple[str, ...]:
+    """The statement keywords of the grammar (``model``, ``update``, ``component`` ...)."""
+    return tuple(sorted({t.pattern.value for t in parser().terminals
+                         if t.pattern.type == "str" and t.pattern.value.isidentifier()}))
+
+
+def _keyword_hint(err: UnexpectedToken) -> str | None:
+    """``updte every 1 steps`` reads as a setting ``updte = ...``: suggest the keyword it resembles."""
+    history = [t for t in getattr(err, "token_history", None) or () if isinstance(t, Token)]
+    if not history or history[-1].type != "NAME" or set(err.expected) != {"EQUAL"}:
+        return None
+    from nldsl.catalog import suggest
+
+    word = str(history[-1].value)
+    near = suggest(word, keywords())
+    if near is None:
+        return None
+    return f"did you mean `{near}`? (`{word}` is read as a setting `{word} = value`)"
 
 
 def _expected_hint(expected) -> str | None:
@@ -225,7 +282,7 @@ def _span_at(path: str, text: str, pos: int) -> Span:
 
 
 def _end_span(src: Source) -> Span:
-    text = src.text.rstrip()
+    text = source_text(src.text).rstrip()
     if not text:
         return Span.point(src.path)
     return _span_at(src.path, text, len(text) - 1)

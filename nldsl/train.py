@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import shutil
 import time
 import warnings
@@ -104,7 +105,24 @@ def load_state(compiled: Any, ck: Checkpoint) -> None:
     try:
         compiled.load_state_dict({"model": ck.model, **ck.optimizers["outer"]})
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
-        raise CheckpointError(f"{ck.path}: the saved training state does not fit this model: {exc}") from exc
+        raise CheckpointError(f"{ck.path}: the saved training state does not fit this model ({_mismatch(exc)}); "
+                              "was it written by another version of nldsl's runtime? (it records "
+                              f"{ck.versions.get('nldsl', '?')})") from exc
+
+
+def _mismatch(exc: BaseException) -> str:
+    """torch's long load_state_dict report, cut to counts and a first example."""
+    text = str(exc)
+    counts = {}
+    for what, label in (("Missing", "missing"), ("Unexpected", "unexpected")):
+        keys = re.search(rf"{what} key\(s\) in state_dict: (.*?)\. ", text)
+        counts[label] = keys.group(1).count('"') // 2 if keys else 0
+    counts["shape mismatches"] = len(re.findall(r"size mismatch for", text))
+    parts = [f"{n} {what}" for what, n in counts.items() if n]
+    first = re.search(r'"([^"]+)"', text) or re.search(r"size mismatch for ([^:]+)", text)
+    if not parts:
+        return text.splitlines()[0] if text else type(exc).__name__
+    return ", ".join(parts) + (f", e.g. {first.group(1)}" if first else "")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -339,12 +357,13 @@ def train(path: str | Path, *, steps: int | None = None, device: str | None = No
     """
     console = console or Console()
     extra = [f"steps={steps}"] if steps is not None else []
-    if resume and out is not None:
-        _prepare_out(Path(out), resume=True, overwrite=False)
-        overrides = _resume_overrides(Path(out), overrides, console if progress else None)
-    spec, _, _ = load_spec(path, parse_overrides([*overrides, *extra]))
-    run_out = Path(out) if out is not None else default_out(path, train_settings(spec))
+    if out is None:
+        spec, _, _ = load_spec(path, parse_overrides([*overrides, *extra]))
+        out = default_out(path, train_settings(spec))
+    run_out = Path(out)
     _prepare_out(run_out, resume, overwrite)
+    if resume:
+        overrides = _resume_overrides(run_out, overrides, console if progress else None)
     run = prepare_run(path, overrides, out=run_out, extra=extra, reuse_tokenizer=resume)
     if progress:
         from nldsl.source import render

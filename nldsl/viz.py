@@ -37,6 +37,8 @@ EDGE_LABEL = {"flow": "data flow", "nest": "nesting", "context": "context (gradi
               "hyper": "hyperparameter (memory(x))", "parametric": "parametric transfer",
               "nonparametric": "non-parametric transfer", "backprop": "transfer by backprop",
               "init": "init (meta-learned initial state)", "generate": "generate (weights/updates)"}
+MAX_TICKS = 2000
+"""More updates (or sequence boundaries) than this in one row are drawn as a band, not tick by tick."""
 LEVEL_COLORS = ("#fde0dd", "#fff3cd", "#e2f0d9", "#d9ecf7", "#e8e0f5", "#f2f2f2", "#fbe5d6", "#e0f2f1")
 """Node fill per level (fast: warm, slow: cool; the outer loop is grey-blue)."""
 
@@ -188,13 +190,12 @@ def _sample(kind: str) -> str:
 def render_graph(graph: LevelGraph, out: str | Path) -> Path:
     """Write the level graph to ``out`` (``.svg``, ``.png`` or ``.dot``, by extension)."""
     out = Path(out)
+    fmt = _format(out, ("svg", "png", "pdf", "dot", "gv"), ".svg, .png, .pdf or .dot")
     dot = level_graph_dot(graph)
-    fmt = out.suffix.lstrip(".").lower()
+    _make_parent(out)
     if fmt in ("dot", "gv"):
         out.write_text(dot.source, encoding="utf-8")
         return out
-    if fmt not in ("svg", "png", "pdf"):
-        raise ValueError(f"unsupported output format '.{fmt}': use .svg, .png, .pdf or .dot")
     if fmt == "png":
         dot.graph_attr["dpi"] = "144"
     try:
@@ -227,7 +228,7 @@ def ladder_events(graph: LevelGraph, tokens: int) -> list[tuple[object, list[flo
         if f.kind == "nonparametric":
             events = [float(t) for t in range(1, tokens + 1)]
         elif f.kind == "tokens" and n:
-            events = [float(s + k) for s in range(0, tokens, seq) for k in range(n, seq + 1, n) if s + k <= tokens]
+            events = [float(s + k) for s in range(0, tokens, seq) for k in range(n, min(seq, tokens - s) + 1, n)]
         elif f.kind == "steps" and n:
             events = [float(k) for k in range(n * per_step, tokens + 1, n * per_step)]
         else:
@@ -256,26 +257,34 @@ def ladder_figure(graph: LevelGraph, tokens: int | None = None):
     rows = ladder_events(graph, tokens)
     seq = max(1, graph.train_int("seq") or 1)
     per_step = seq * max(1, graph.train_int("accumulate") or 1)
-    fig, ax = plt.subplots(figsize=(11, 0.62 * len(rows) + 1.9), dpi=144)
+    fig, ax = plt.subplots(figsize=(11, 0.62 * max(1, len(rows)) + 1.9), dpi=144)
     for i, (lv, events) in enumerate(rows):
         y = len(rows) - 1 - i
         color = _ladder_color(lv)
         ax.axhspan(y - 0.42, y + 0.42, color=_fill(lv.index, lv.frequency.kind), zorder=0, lw=0)
-        if lv.frequency.kind == "nonparametric":
-            ax.broken_barh([(0, tokens)], (y - 0.22, 0.44), color=color, alpha=0.55, lw=0, zorder=2)
+        dense = len(events) > MAX_TICKS
+        if lv.frequency.kind == "nonparametric" or dense:
+            ax.broken_barh([(0, tokens)], (y - 0.22, 0.44), color=color, alpha=0.55 if not dense else 0.35, lw=0,
+                           zorder=2)
         elif events:
             width = 2.0 if lv.frequency.kind == "steps" else 1.0 if len(events) < 400 else 0.5
             ax.vlines(events, y - 0.3, y + 0.3, color=color, lw=width, zorder=2)
         note = {"never": "frozen: never updated", "nonparametric": "recomputed at every token"}.get(lv.frequency.kind)
+        if dense and not note:
+            note = f"{len(events)} updates: too dense to draw one tick each"
         if note or not events:
             ax.text(tokens * 0.995, y, note or "no update in this window", ha="right", va="center", fontsize=8,
                     color="#555555", zorder=3)
-    for s in range(seq, tokens, seq):
-        ax.axvline(s, color="#9e9e9e", lw=0.8, ls=(0, (4, 3)), zorder=1)
+    if not rows:
+        ax.text(tokens / 2, 0, "no levels: the file has no model", ha="center", va="center", fontsize=10,
+                color="#555555")
+    if tokens // seq <= MAX_TICKS:
+        for s in range(seq, tokens, seq):
+            ax.axvline(s, color="#9e9e9e", lw=0.8, ls=(0, (4, 3)), zorder=1)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([_ladder_label(graph, lv) for lv, _ in reversed(rows)], fontsize=8.5)
     ax.set_xlim(0, tokens * 1.01)
-    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_ylim(-0.6, max(1, len(rows)) - 0.4)
     _ladder_legend(fig, ax, {lv.frequency.kind for lv, _ in rows})
     ax.set_xlabel(f"tokens of one sequence stream (dashed: a new sequence every {seq} tokens; "
                   f"one outer step every {per_step} tokens)", fontsize=9)
@@ -323,9 +332,10 @@ def _ladder_label(graph: LevelGraph, lv) -> str:
 def render_ladder(graph: LevelGraph, out: str | Path, tokens: int | None = None) -> Path:
     """Write the frequency ladder to ``out`` (``.png``, ``.svg`` or ``.pdf``)."""
     out = Path(out)
-    fmt = out.suffix.lstrip(".").lower()
-    if fmt not in ("png", "svg", "pdf"):
-        raise ValueError(f"unsupported output format '.{fmt}': use .png, .svg or .pdf")
+    fmt = _format(out, ("png", "svg", "pdf"), ".png, .svg or .pdf")
+    if tokens is not None and not 1 <= int(tokens) <= MAX_LADDER_TOKENS:
+        raise ValueError(f"tokens must be between 1 and {MAX_LADDER_TOKENS}, got {tokens}")
+    _make_parent(out)
     fig = ladder_figure(graph, tokens)
     from matplotlib import pyplot as plt
 
@@ -334,6 +344,26 @@ def render_ladder(graph: LevelGraph, out: str | Path, tokens: int | None = None)
     finally:
         plt.close(fig)
     return out
+
+
+MAX_LADDER_TOKENS = 10**6
+"""The longest window a ladder shows."""
+
+
+def _format(out: Path, allowed: tuple[str, ...], words: str) -> str:
+    """The output format from the file extension (``ValueError`` with the accepted ones)."""
+    fmt = out.suffix.lstrip(".").lower()
+    if not fmt:
+        raise ValueError(f"'{out}' has no extension to choose the format: use {words}")
+    if fmt not in allowed:
+        raise ValueError(f"unsupported output format '.{fmt}': use {words}")
+    return fmt
+
+
+def _make_parent(out: Path) -> None:
+    """Create the output's directory (``OSError`` when it cannot be, e.g. a file is in the way)."""
+    if not out.parent.is_dir():
+        out.parent.mkdir(parents=True, exist_ok=True)
 
 
 _METADATA = {"svg": {"Date": None}, "pdf": {"CreationDate": None}, "png": {"Software": None}}

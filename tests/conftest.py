@@ -17,6 +17,14 @@ def update_golden(request) -> bool:
     return bool(request.config.getoption("--update-golden")) or os.environ.get("NLDSL_UPDATE_GOLDEN") == "1"
 
 
+def pytest_configure(config):
+    """One torch thread per xdist worker: two workers on two cores otherwise oversubscribe badly."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

@@ -108,7 +108,15 @@ def test_graph_of_a_file_with_errors_draws_nothing(capsys, tmp_path: Path):
 
 def test_graph_bad_output_paths(capsys, tmp_path: Path):
     assert run(capsys, "graph", str(EX / "tiny.nl"), "-o", str(tmp_path / "g.jpeg"))[0] == 2
-    assert run(capsys, "graph", str(EX / "tiny.nl"), "-o", str(tmp_path / "no" / "dir" / "g.svg"))[0] == 1
+    (tmp_path / "file").write_text("x")
+    code, _, err = run(capsys, "graph", str(EX / "tiny.nl"), "-o", str(tmp_path / "file" / "g.svg"))
+    assert code == 1 and "cannot write" in err
+
+
+def test_graph_creates_a_missing_output_directory(capsys, tmp_path: Path):
+    out = tmp_path / "no" / "dir" / "g.svg"
+    assert run(capsys, "graph", str(EX / "tiny.nl"), "-o", str(out))[0] == 0
+    assert out.read_bytes().startswith(b"<?xml")
 
 
 def test_ladder(capsys, tmp_path: Path):

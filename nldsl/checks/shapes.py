@@ -27,7 +27,8 @@ def check_heads(graph: LevelGraph) -> Iterator[Diagnostic]:
         kind = catalog.COMPONENTS.get(comp.kind)
         if kind is None or kind.param("heads") is None:
             continue
-        dim = whole(comp.get("dim")) if comp.get("dim") is not None else model_dim
+        own = comp.get("dim") if kind.param("dim") is not None else None  # `dim` is no parameter of it: NL201
+        dim = whole(own) if own is not None else model_dim
         heads_value = comp.get("heads")
         heads = whole(heads_value) if heads_value is not None else 1
         span = heads_value.span if heads_value is not None else comp.kind_span

@@ -25,6 +25,13 @@ from nldsl.source import Diagnostic
 
 def check_cycles(graph: LevelGraph) -> Iterator[Diagnostic]:
     """NL215: one diagnostic per cycle of flows and per cycle of transfers."""
+    seen: set[str] = set()
+    for u, _, data in graph.edges("flow"):
+        if u == _ and u not in seen:  # `flow a -> a`: a self-loop is the shortest cycle
+            seen.add(u)
+            yield diag("NL215", data["span"], f"data flow cycle: {component_label(u)} -> {component_label(u)}",
+                       "levels must have an order (NL §1.3): a component cannot depend on itself through the "
+                       "forward pass; remove one arrow")
     for kinds, what in ((("flow",), "data flow"), (TRANSFER_KINDS, "transfer")):
         sub = nx.MultiDiGraph()
         sub.add_edges_from((u, v, d) for u, v, d in graph.edges(*kinds) if u != v)

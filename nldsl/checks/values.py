@@ -62,6 +62,8 @@ class Where:
     span: Span
     group: str
     memory_ok: bool = False
+    names: tuple[str, ...] = ()
+    """Constants and block parameters of the spec: a bare word close to one is most likely a typo."""
 
 
 def items_of(args: Sequence[m.Arg] = (), settings: Sequence[m.Setting] = ()) -> list[Item]:
@@ -113,7 +115,7 @@ def check_value(value: m.Value, param: catalog.Param, where: Where) -> Iterator[
 def _check_int(value, param, where):
     x = number(value)
     if x is None:
-        yield _type_error(value, param)
+        yield _type_error(value, param, names=where.names)
     elif not math.isfinite(x):
         yield _not_finite(value, param)
     elif isinstance(x, float) and not x.is_integer():
@@ -129,7 +131,7 @@ def _check_int(value, param, where):
 def _check_number(value, param, where):
     x = number(value)
     if x is None:
-        yield _type_error(value, param)
+        yield _type_error(value, param, names=where.names)
     elif not math.isfinite(x):
         yield _not_finite(value, param)
     else:
@@ -209,7 +211,7 @@ def _check_hyper(value, param, where):
         yield from _check_number(value, param, where)
         return
     if not isinstance(value, m.Call):
-        yield _type_error(value, param)
+        yield _type_error(value, param, names=where.names)
         return
     kind = catalog.HYPER_CALLS.get(value.name)
     if kind is None:
@@ -221,7 +223,7 @@ def _check_hyper(value, param, where):
                    "only a self_modifying_titans (and its memories) has memories that produce its "
                    "hyperparameters; use a number, learned(init) or data(softplus)")
         return
-    inner = Where(f"{value.name}(...)", value.span, "hyper")
+    inner = Where(f"{value.name}(...)", value.span, "hyper", names=where.names)
     yield from check_items(items_of(value.args), kind.params, inner)
     init = None
     if value.name == "learned":
@@ -242,7 +244,7 @@ def _check_call(value, param, where):
         yield diag("NL209", value.span, f"unknown {param.name} '{name}'", did_you_mean(name, table))
         return
     args = value.args if isinstance(value, m.Call) else ()
-    yield from check_items(items_of(args), kind.params, Where(f"{name}(...)", value.span, "call"))
+    yield from check_items(items_of(args), kind.params, Where(f"{name}(...)", value.span, "call", names=where.names))
 
 
 def _check_any(value, param, where):
@@ -254,10 +256,15 @@ _BY_TYPE = {"int": _check_int, "number": _check_number, "bool": _check_bool, "st
             "call": _check_call}
 
 
-def _type_error(value: m.Value, param: catalog.Param, hint: str | None = None) -> Diagnostic:
+def _type_error(value: m.Value, param: catalog.Param, hint: str | None = None,
+                names: tuple[str, ...] = ()) -> Diagnostic:
     expected = _TYPES.get(param.type, param.type)
     if hint is None and isinstance(value, m.String) and param.type in ("int", "number"):
-        hint = f"numbers are written without quotes: {param.name} = {value.value}"
+        hint = (f"numbers are written without quotes: every {value.value} ..." if param is _COUNT
+                else f"numbers are written without quotes: {param.name} = {value.value}")
+    near = catalog.suggest(value.name, names) if isinstance(value, m.Symbol) and hint is None else None
+    if near is not None:
+        hint = f"'{value.name}' is no constant or block parameter: did you mean '{near}'?"
     return diag("NL300", value.span, f"'{param.name}' expects {expected}, got {_describe(value)}",
                 hint or f"write {expected}; {_doc(param)}")
 
@@ -287,38 +294,40 @@ def _describe(value: m.Value) -> str:
 def check_values(graph: LevelGraph) -> Iterator[Diagnostic]:
     """Every setting and argument of the spec against the catalog."""
     spec = graph.spec
+    names = tuple(dict.fromkeys([c.name for c in spec.consts] + [p.name for b in spec.blocks for p in b.params]))
     if spec.model is not None:
         model = spec.model
         yield from check_items(items_of(settings=model.settings), tuple(catalog.MODEL_SETTINGS.values()),
-                               Where(f"model '{model.name}'", model.name_span, "model"))
+                               Where(f"model '{model.name}'", model.name_span, "model", names=names))
         for stack in model.stacks:
             if stack.times is not None:
-                yield from check_value(stack.times, _TIMES, Where("stack", stack.span, "stack"))
+                yield from check_value(stack.times, _TIMES, Where("stack", stack.span, "stack", names=names))
     for path, comp in graph.components():
         if not graph.node(path)["implicit"]:
-            yield from _component_values(graph, path, comp)
+            yield from _component_values(graph, path, comp, names)
     for transfer in transfer_statements(graph):
         kind = catalog.TRANSFERS.get(transfer.kind)
         if kind is not None:
             yield from check_items(items_of(transfer.args), kind.params,
-                                   Where(f"transfer {transfer.kind}", transfer.kind_span, "transfer"))
+                                   Where(f"transfer {transfer.kind}", transfer.kind_span, "transfer", names=names))
     if spec.train is not None:
-        yield from _train_values(spec.train)
+        yield from _train_values(spec.train, names)
 
 
 _TIMES = catalog.Param("times", "int", 1, "how many times the block repeats", positive=True)
 _COUNT = catalog.Param("period", "int", 1, "N in `every N tokens|steps`", positive=True)
 
 
-def _component_values(graph: LevelGraph, path: str, comp: m.Component) -> Iterator[Diagnostic]:
+def _component_values(graph: LevelGraph, path: str, comp: m.Component,
+                      names: tuple[str, ...] = ()) -> Iterator[Diagnostic]:
     kind = catalog.COMPONENTS.get(comp.kind)
     if kind is not None:
         yield from check_items(items_of(comp.args, comp.settings), kind.params + catalog.COMMON_PARAMS,
-                               Where(f"'{comp.kind}'", comp.kind_span, "component"))
+                               Where(f"'{comp.kind}'", comp.kind_span, "component", names=names))
     if comp.update is not None and not comp.update.implicit:
-        yield from period_values(comp.update.period, "update")
+        yield from period_values(comp.update.period, "update", names)
         yield from check_items(items_of(comp.update.args), catalog.UPDATE_ARGS,
-                               Where("update", comp.update.span, "update"))
+                               Where("update", comp.update.span, "update", names=names))
     memory_ok = comp.kind == "self_modifying_titans" or (
         graph.parent(path) is not None and graph.component(graph.parent(path)).kind == "self_modifying_titans")
     for stmt, table, group in ((comp.objective, catalog.OBJECTIVES, "objective"),
@@ -326,30 +335,31 @@ def _component_values(graph: LevelGraph, path: str, comp: m.Component) -> Iterat
                                (comp.init, catalog.INITS, "init")):
         if stmt is None or stmt.implicit or stmt.kind not in table:
             continue
-        where = Where(f"{group if group != 'inner' else 'optimizer'} {stmt.kind}", stmt.kind_span, group, memory_ok)
+        where = Where(f"{group if group != 'inner' else 'optimizer'} {stmt.kind}", stmt.kind_span, group, memory_ok,
+                      names)
         yield from check_items(items_of(stmt.args), table[stmt.kind].params, where)
 
 
-def period_values(period: m.Period, owner: str) -> Iterator[Diagnostic]:
+def period_values(period: m.Period, owner: str, names: tuple[str, ...] = ()) -> Iterator[Diagnostic]:
     """The N of ``every N tokens|steps``: a positive whole number."""
     if period.kind == "every" and period.count is not None:
-        yield from check_value(period.count, _COUNT, Where(owner, period.span, "period"))
+        yield from check_value(period.count, _COUNT, Where(owner, period.span, "period", names=names))
 
 
-def _train_values(train: m.Train) -> Iterator[Diagnostic]:
+def _train_values(train: m.Train, names: tuple[str, ...] = ()) -> Iterator[Diagnostic]:
     yield from check_items(items_of(settings=train.settings), tuple(catalog.TRAIN_SETTINGS.values()),
-                           Where("train", train.span, "train"))
+                           Where("train", train.span, "train", names=names))
     for opt in train.optimizers:
         kind = catalog.OUTER_OPTIMIZERS.get(opt.kind)
         if kind is not None:
             yield from check_items(items_of(opt.args), kind.params, Where(f"optimizer {opt.kind}", opt.kind_span,
-                                                                          "outer"))
+                                                                          "outer", names=names))
     if train.schedule is not None and train.schedule.kind in catalog.SCHEDULES:
         sched = train.schedule
         yield from check_items(items_of(sched.args), catalog.SCHEDULES[sched.kind].params,
-                               Where(f"schedule {sched.kind}", sched.kind_span, "schedule"))
+                               Where(f"schedule {sched.kind}", sched.kind_span, "schedule", names=names))
     for stmt, params, word in ((train.eval, catalog.EVAL_ARGS, "eval"),
                                (train.checkpoint, catalog.CHECKPOINT_ARGS, "checkpoint")):
         if stmt is not None:
-            yield from period_values(stmt.period, word)
-            yield from check_items(items_of(stmt.args), params, Where(word, stmt.span, word))
+            yield from period_values(stmt.period, word, names)
+            yield from check_items(items_of(stmt.args), params, Where(word, stmt.span, word, names=names))

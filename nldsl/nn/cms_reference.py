@@ -2,14 +2,17 @@
 
 Written straight from the equations, sharing no code with the fast path: plain matrix-vector MLPs,
 per-token gradients by autograd (no closed forms), one Python loop over tokens and one over the batch.
-For every level with period C, before token p is read (p = absolute position):
+For every level with period C, before token p is read (p = absolute position), sources of
+``init_from`` first:
 
-    if p % C == 0:  W <- W - lr * A;  A <- 0          (Eq. 71: sum of the chunk's error terms)
-    nested, s >= 1: if p % C(s-1) == 0: W_s <- W_(s-1); A_s <- 0
+    init_from = s and p % C(s) == 0:  W <- W_s;  A <- 0    (transfer init, Eq. 72)
+    else if p % C == 0:  W <- W - lr * A;  A <- 0          (Eq. 71: sum of the chunk's error terms)
 
-then the token is read with the current weights and its error term is added to A: for "l2" the
-gradient of 1/2||MLP(z) - z||^2 (z = normalised level input), for "task" the gradient of the
-per-token task loss ``loss(head(y_t), target_t)`` (only when ``task`` is given).
+then the token is read with the current weights and its error term, times the token's rate when the
+rate is data-dependent (``eta_t = scale * act(<w, z_t> + b)``, then ``lr = 1`` in the update), is added
+to A: for "l2" the gradient of 1/2||MLP(z) - z||^2 (z = normalised level input), for "task" the gradient
+of the per-token task loss ``loss(head(y_t), target_t)`` (only when ``task`` is given). A learned lr is
+``softplus(rho)``.
 """
 from __future__ import annotations
 
@@ -45,6 +48,29 @@ def _norm(u: Tensor, weight: Tensor | None, eps: float) -> Tensor:
     return u / torch.sqrt(u.pow(2).mean() + eps) * weight
 
 
+def _lr(cms, s: int) -> float:
+    """The lr multiplying the accumulator at a boundary (1 for data-dependent rates: eta is inside A)."""
+    lv, rate = cms.levels[s], cms.rates[s]
+    if lv.lr_mode == "learned":
+        return float(torch.log1p(torch.exp(rate.raw.detach().double())))
+    return 1.0 if lv.lr_mode == "data" else lv.lr
+
+
+def _eta(cms, s: int, z: Tensor) -> Tensor | float:
+    """The token's rate: data-dependent ``scale * act(<w, z> + b)``, else 1."""
+    lv, rate = cms.levels[s], cms.rates[s]
+    if lv.lr_mode != "data":
+        return 1.0
+    pre = rate.weight.detach().double() @ z + rate.bias.detach().double()
+    return lv.lr * (torch.log1p(torch.exp(pre)) if lv.lr_activation == "softplus" else 1 / (1 + torch.exp(-pre)))
+
+
+def _sources_first(levels) -> list[int]:
+    def depth(s):
+        return 0 if levels[s].init_from is None else 1 + depth(levels[s].init_from)
+    return sorted(range(len(levels)), key=depth)
+
+
 def cms_reference(cms, x: Tensor, state: dict | None = None, task=None) -> tuple[Tensor, dict]:
     """Run ``cms`` (its parameters, read in float64) over ``x`` (B, T, D) one token at a time.
 
@@ -71,15 +97,15 @@ def cms_reference(cms, x: Tensor, state: dict | None = None, task=None) -> tuple
     y = torch.zeros_like(x)
     for t in range(T):
         p = pos0 + t
-        for s, lv in enumerate(levels):
-            if lv.period and p % lv.period == 0:
+        for s in _sources_first(levels):
+            lv, src = levels[s], levels[s].init_from
+            if src is not None and levels[src].period and p % levels[src].period == 0:
                 for b in range(B):
-                    W[s][b] = {n: W[s][b][n] - lv.lr * A[s][b][n] for n in W[s][b]}
+                    W[s][b] = {n: v.clone() for n, v in W[src][b].items()}
                     A[s][b] = {n: torch.zeros_like(v) for n, v in A[s][b].items()}
-            prev = levels[s - 1].period if s else None
-            if cms.variant == "nested" and s and prev and p % prev == 0:
+            elif lv.period and p % lv.period == 0:
                 for b in range(B):
-                    W[s][b] = {n: v.clone() for n, v in W[s - 1][b].items()}
+                    W[s][b] = {n: W[s][b][n] - _lr(cms, s) * A[s][b][n] for n in W[s][b]}
                     A[s][b] = {n: torch.zeros_like(v) for n, v in A[s][b].items()}
         for b in range(B):
             y[b, t] = _token(cms, W, A, b, x[b, t], norm_w, eps, task, t)
@@ -103,7 +129,9 @@ def _token(cms, W, A, b: int, u: Tensor, norm_w, eps: float, task, t: int) -> Te
         weights.append({n: v.clone().requires_grad_(bool(is_task)) for n, v in W[s][b].items()})
     with torch.enable_grad():
         if cms.variant == "independent":
-            agg = torch.softmax(cms.agg_logits.detach().double(), 0)
+            k = len(levels)
+            agg = torch.softmax(cms.agg_logits.detach().double(), 0) if cms.config.aggregate == "learned" \
+                else torch.full((k,), 1.0 / k if cms.config.aggregate == "mean" else 1.0, dtype=torch.float64)
             y = u + sum(agg[s] * _mlp(lv, weights[s], _norm(u, norm_w[s], eps)) for s, lv in enumerate(levels))
             inputs = [u] * len(levels)
         else:
@@ -117,7 +145,7 @@ def _token(cms, W, A, b: int, u: Tensor, norm_w, eps: float, task, t: int) -> Te
                 w = {n: v.detach().requires_grad_() for n, v in W[s][b].items()}
                 loss = 0.5 * (_mlp(lv, w, z) - z).pow(2).sum()
                 grads = torch.autograd.grad(loss, list(w.values()))
-                A[s][b] = {n: A[s][b][n] + g for n, g in zip(w, grads)}
+                A[s][b] = {n: A[s][b][n] + _eta(cms, s, z) * g for n, g in zip(w, grads)}
         if use_task:
             head, loss_fn, targets = task
             task_levels = [s for s, lv in enumerate(levels) if lv.period and lv.objective == "task"]
@@ -125,7 +153,8 @@ def _token(cms, W, A, b: int, u: Tensor, norm_w, eps: float, task, t: int) -> Te
             if leaves:
                 grads = iter(torch.autograd.grad(loss_fn(head(y), targets[b, t]), leaves))
                 for s in task_levels:
-                    A[s][b] = {n: A[s][b][n] + next(grads) for n in weights[s]}
+                    eta = _eta(cms, s, _norm(inputs[s], norm_w[s], eps).detach())
+                    A[s][b] = {n: A[s][b][n] + eta * next(grads) for n in weights[s]}
     return y.detach()
 
 

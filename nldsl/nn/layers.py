@@ -113,6 +113,8 @@ class ShortConv(nn.Module):
         K = self.kernel_size
         if state is None:
             state = x.new_zeros(B, K - 1, D)
+        if T == 0:  # an empty piece: nothing to read, the window is unchanged
+            return x, state
         xx = torch.cat([state.to(x.dtype), x], dim=1)  # (B, K-1+T, D)
         y = F.conv1d(xx.transpose(1, 2), self.weight.to(x.dtype), None, groups=D)  # (B, D, T)
         y = y.transpose(1, 2)  # (B, T, D)
@@ -204,13 +206,22 @@ class RotaryEmbedding(nn.Module):
 
 
 # --------------------------------------------------------------------------------------- attention
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, window: int = 0) -> Tensor:
     """Causal softmax attention via ``F.scaled_dot_product_attention``: ``(B, H, Tq, Dh) -> (B, H, Tq, Dh)``.
 
     When ``k``/``v`` hold more positions than ``q`` (a KV cache: the queries are the last ``Tq``
     positions), query ``i`` sees keys ``0 .. Tk - Tq + i``. ``Tq == Tk`` is the fast ``is_causal`` path.
+    ``window > 0``: sliding-window attention, query ``i`` sees only the last ``window`` keys up to itself
+    (``Tk - Tq + i - window < j``), through a boolean mask.
     """
     Tq, Tk = q.shape[-2], k.shape[-2]
+    if window > 0:
+        if Tq > Tk:
+            raise ValueError(f"causal_attention: {Tq} queries but only {Tk} keys")
+        rows = torch.arange(Tq, device=q.device)[:, None] + (Tk - Tq)
+        cols = torch.arange(Tk, device=q.device)[None, :]
+        mask = (cols <= rows) & (cols > rows - window)  # (Tq, Tk), True = attend
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     if Tq == Tk:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     if Tq > Tk:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from nldsl.nn.functional import activation, chunk_decay_weights, dgd_rate
@@ -38,6 +39,7 @@ __all__ = [
     "mlp_forward",
     "memory_read",
     "memory_segment",
+    "chunk_loop",
     "memory_scan",
 ]
 
@@ -63,6 +65,18 @@ class MemoryRule:
     """Detach the writes ``Σ c_t U_t`` from the outer graph (reads and decays stay differentiable)."""
     chunk_size: int = 1
     """Tokens per snapshot."""
+    normalized_rate: bool = False
+    """Per layer ``η_ℓ = η / max(1, ‖a_ℓ‖²)``: a layer whose input is longer than a unit key takes the step of
+    a unit key (normalised LMS), so the chunk step bound of a unit key holds for the hidden layers too."""
+    detached_heads: tuple[bool, ...] = ()
+    """Per-head stop-grad (length H, empty = none): those heads' writes are detached like ``stopgrad``."""
+
+    def layer_rate(self, eta: Tensor, sqnorm: Tensor) -> Tensor:
+        """The step ``η'`` a layer with input norm² ``sqnorm`` takes (rate normalisation, then DGD's
+        Sherman-Morrison factor)."""
+        if self.normalized_rate:
+            eta = eta / sqnorm.clamp(min=1.0)
+        return dgd_rate(eta, sqnorm) if self.dgd else eta
 
 
 def chunk_segments(T: int, chunk: int, pos: int) -> list[tuple[int, int]]:
@@ -189,17 +203,26 @@ def _fold_chunk(
     A, c, s0, b, Bn = chunk_decay_weights(log_alpha, None if log_beta is None else log_beta.to(sd))
     new_w, new_s = [], []
     for ell, W in enumerate(w):
-        a, g, lr = acts[ell].to(sd), deltas[ell].to(sd), eta.to(sd)  # (B, H, n, i), (B, H, n, o), (B, H, n)
+        a, g = acts[ell].to(sd), deltas[ell].to(sd)  # (B, H, n, i), (B, H, n, o)
+        lr = rule.layer_rate(eta.to(sd), (a * a).sum(-1))  # (B, H, n)
         if rule.dgd:
             g = g + pres[ell].to(sd)  # W_snap a_t: the DGD erase term
-            lr = dgd_rate(lr, (a * a).sum(-1))
-        write = torch.einsum("bhno,bhni->bhoi", g * (lr * c).unsqueeze(-1), a)  # Σ_t c_t η'_t g_t a_tᵀ
+        g, a = _detach_heads(rule, g * lr.unsqueeze(-1)), _detach_heads(rule, a)  # η'_t g_t: U_t = −η'_t g_t a_tᵀ
+        write = torch.einsum("bhno,bhni->bhoi", g * c.unsqueeze(-1), a)  # Σ_t c_t U_t (decays stay live)
         new_w.append(A[..., None, None] * W - write)
         if s is not None:
             new_w[-1] = new_w[-1] + s0[..., None, None] * s[ell]
-            s_write = torch.einsum("bhno,bhni->bhoi", g * (lr * b).unsqueeze(-1), a)
+            s_write = torch.einsum("bhno,bhni->bhoi", g * b.unsqueeze(-1), a)
             new_s.append(Bn[..., None, None] * s[ell] - s_write)
     return new_w, (new_s if s is not None else None)
+
+
+def _detach_heads(rule: MemoryRule, x: Tensor) -> Tensor:
+    """``x`` ``(B, H, n, ·)`` with the heads of ``rule.detached_heads`` cut from the outer graph."""
+    if not any(rule.detached_heads):
+        return x
+    mask = torch.tensor(rule.detached_heads, device=x.device)[:, None, None]  # (H, 1, 1)
+    return torch.where(mask, x.detach(), x)
 
 
 def memory_segment(
@@ -233,6 +256,35 @@ def memory_segment(
     return y, w, s
 
 
+def chunk_loop(step, carry, segments: list[tuple[int, int]], checkpoint_every: int = 0):
+    """Run ``out, carry = step(carry, t0, n)`` over ``segments``; returns the list of outs and the last carry.
+
+    With ``checkpoint_every = G > 0`` (and grad enabled) every group of ``G`` segments runs under
+    ``torch.utils.checkpoint``: autograd keeps only the carries at group starts and recomputes a group's
+    chunk states in the backward (activation memory ``(T/(C·G) + G)`` chunk states instead of ``T/C``;
+    the gradients are identical).
+    """
+    outs = []
+    if checkpoint_every <= 0 or not torch.is_grad_enabled():
+        for t0, n in segments:
+            out, carry = step(carry, t0, n)
+            outs.append(out)
+        return outs, carry
+
+    def group(carry, part):
+        res = []
+        for t0, n in part:
+            out, carry = step(carry, t0, n)
+            res.append(out)
+        return res, carry
+
+    for g0 in range(0, len(segments), checkpoint_every):
+        res, carry = torch.utils.checkpoint.checkpoint(
+            group, carry, segments[g0:g0 + checkpoint_every], use_reentrant=False)
+        outs.extend(res)
+    return outs, carry
+
+
 def memory_scan(
     rule: MemoryRule,
     state: dict,
@@ -242,16 +294,18 @@ def memory_scan(
     log_alpha: Tensor | None = None,
     log_beta: Tensor | None = None,
     q: Tensor | None = None,
+    checkpoint_every: int = 0,
 ) -> tuple[Tensor | None, dict]:
     """Run a whole piece ``(B, H, T, ·)`` chunk by chunk, continuing from ``state``.
 
     The first segment completes the chunk the state stopped in; a full chunk refreshes the snapshot.
-    Returns the reads ``(B, H, T, o)`` (``None`` without ``q``) and the new state.
+    ``checkpoint_every``: see :func:`chunk_loop`. Returns the reads ``(B, H, T, o)`` (``None`` without
+    ``q``) and the new state.
     """
     T, C = k.shape[-2], rule.chunk_size
-    w, snap, s, pos = unpack_state(rule, state)
-    ys = []
-    for t0, n in chunk_segments(T, C, pos):
+
+    def step(carry, t0: int, n: int):
+        w, snap, s, pos = carry
         sl = slice(t0, t0 + n)
         y, w, s = memory_segment(
             rule, snap, w, s, k[..., sl, :], v[..., sl, :], eta[..., sl],
@@ -259,10 +313,11 @@ def memory_scan(
             None if log_beta is None else log_beta[..., sl],
             None if q is None else q[..., sl, :],
         )
-        ys.append(y)
         pos = (pos + n) % C
-        if pos == 0:
-            snap = w
+        return y, (w, w if pos == 0 else snap, s, pos)
+
+    w, snap, s, pos = unpack_state(rule, state)
+    ys, (w, snap, s, pos) = chunk_loop(step, (w, snap, s, pos), chunk_segments(T, C, pos), checkpoint_every)
     y = None
     if q is not None:
         y = torch.cat(ys, dim=-2) if ys else q.new_zeros(*q.shape[:-1], w[-1].shape[-2])

@@ -135,6 +135,8 @@ class NeuralMemory(nn.Module):
         """Multiply the read-out by ``silu(W_g x)`` before the output projection."""
         use_delta_rule: bool = True
         """Route a linear, chunk-1, momentum-free delta-shaped rule through the chunkwise delta rule."""
+        checkpoint_chunks: int = 0
+        """Recompute chunk states in the backward, keeping every N-th (``torch.utils.checkpoint``); 0 = off."""
 
         def __post_init__(self) -> None:
             check_positive_int("NeuralMemory dim", self.dim)
@@ -145,6 +147,7 @@ class NeuralMemory(nn.Module):
             check_positive_int("NeuralMemory depth", self.depth)
             check_positive_int("NeuralMemory chunk_size", self.chunk_size)
             check_positive_int("NeuralMemory conv_size", self.conv_size, minimum=0)
+            check_positive_int("NeuralMemory checkpoint_chunks", self.checkpoint_chunks, minimum=0)
             if check_finite("NeuralMemory hidden_mult", self.hidden_mult) <= 0 or self.hidden < 1:
                 raise ValueError(f"NeuralMemory hidden_mult must give a hidden width >= 1, got {self.hidden_mult!r}")
             if self.qkv_activation is not None and self.qkv_activation not in ACTIVATIONS:
@@ -262,7 +265,7 @@ class NeuralMemory(nn.Module):
         """
         if self._delta_shaped():
             return self._delta_scan(mem_state, q, k, v, eta, log_alpha)
-        return memory_scan(self.rule, mem_state, k, v, eta, log_alpha, log_beta, q)
+        return memory_scan(self.rule, mem_state, k, v, eta, log_alpha, log_beta, q, self.config.checkpoint_chunks)
 
     # ------------------------------------------------------------------------- delta-rule route
     def _delta_shaped(self) -> bool:

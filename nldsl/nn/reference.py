@@ -86,15 +86,19 @@ def ref_write(
     new_w, new_s = [], []
     for ell, W in enumerate(w):
         a = acts[ell]  # (B, H, i)
-        lr = eta
+        sqnorm = (a * a).sum(-1)
+        lr = eta / torch.maximum(sqnorm, torch.ones_like(sqnorm)) if rule.normalized_rate else eta
         step = grads[ell]
         if rule.dgd:
-            lr = eta / (1.0 + eta * (a * a).sum(-1))
+            lr = lr / (1.0 + lr * sqnorm)
             erase = torch.einsum("bhoi,bhi->bho", at[ell], a)  # W_snap a_t
             step = step + torch.einsum("bho,bhi->bhoi", erase, a)
         U = -lr[..., None, None] * step
         if rule.stopgrad:
             U = U.detach()
+        for h, cut in enumerate(rule.detached_heads):  # per-head stop-grad
+            if cut:
+                U = torch.cat([U[:, :h], U[:, h:h + 1].detach(), U[:, h + 1:]], dim=1)
         S = U if s is None else beta[..., None, None] * s[ell] + U
         new_s.append(S)
         keep = 1.0 if alpha is None else alpha[..., None, None]
@@ -245,7 +249,8 @@ def ref_self_modifying(smt, x: Tensor, state: dict | None = None) -> tuple[Tenso
     Per token: take snapshots at chunk starts (projection memories every ``proj_chunk_size`` tokens,
     ``M_mem`` every ``chunk_size``), produce k, v, η, α (, q) from the projection memories at their
     snapshot (Eq. 76-82), conv and normalise, read ``M_mem`` at q, then write every memory with its
-    self-generated target (Eq. 83-88, :func:`ref_write`). Static maps are the module's own.
+    self-generated target (Eq. 83-88, :func:`ref_write`). Static maps (input projections, rate read-outs,
+    output) are the module's own.
     """
     cfg = smt.config
     B, T, D = x.shape
@@ -254,42 +259,41 @@ def ref_self_modifying(smt, x: Tensor, state: dict | None = None) -> tuple[Tenso
     bw, bsnap, bs, bpos = unpack_state(smt.bank_rule, state["bank"])
     mw, msnap, ms, mpos = unpack_state(smt.mem_rule, state["mem"])
     conv_kv, conv_q = state.get("conv_kv"), state.get("conv_q")
+    log_beta = smt.log_momentum(x.dtype)
+    beta = None if log_beta is None else torch.exp(log_beta)[None].expand(B, H + m * P)  # (B, H + m·P)
 
     def heads(z: Tensor, n: int) -> Tensor:  # (B, D) -> (B, n, D/n)
         return z.view(B, n, D // n)
 
-    def bank(z: Tensor) -> Tensor:  # (B, D) -> (B, m·P, D/P): every projection memory sees z
-        return heads(z, P).unsqueeze(1).expand(B, m, P, D // P).reshape(B, m * P, D // P)
+    def bank(z: Tensor, normed: bool) -> Tensor:  # (B, D) -> (B, m·P, D/P): every projection memory sees z
+        zb = heads(z, P).unsqueeze(1).expand(B, m, P, D // P).reshape(B, m * P, D // P)
+        return ref_l2_normalize(zb) if normed else zb
 
-    def normed(z: Tensor) -> Tensor:
-        return ref_l2_normalize(heads(z, H)).reshape(B, D) if cfg.qk_norm else z
+    def normed(z: Tensor, on: bool) -> Tensor:
+        return ref_l2_normalize(heads(z, H)).reshape(B, D) if on else z
 
     ys = []
     for t in range(T):
         bsnap = list(bw) if bpos == 0 else bsnap
         msnap = list(mw) if mpos == 0 else msnap
-        out = ref_mlp(smt.bank_rule, bsnap, bank(x[:, t]))[0]  # (B, m·P, D/P)
+        out = ref_mlp(smt.bank_rule, bsnap, smt.bank_input(x[:, t:t + 1])[:, :, 0])[0]  # (B, m·P, D/P)
         outs = out.view(B, m, P, D // P).reshape(B, m, D)
         kv = torch.cat([outs[:, 0], outs[:, 1]], dim=-1)[:, None]  # (B, 1, 2D)
         if smt.conv_kv is not None:
             kv, conv_kv = ref_short_conv(smt.conv_kv.weight, smt.conv_kv.bias, kv, conv_kv)
-        k, v = normed(kv[:, 0, :D]), kv[:, 0, D:]
-        eta = cfg.eta_scale * F.softplus(smt.eta_readout(outs[:, 2]))  # (B, H + P)
-        alpha = torch.sigmoid(smt.alpha_readout(outs[:, 3]))
+        k, v = normed(kv[:, 0, :D], cfg.qk_norm), normed(kv[:, 0, D:], cfg.v_norm)
+        eta_mem, eta_bank, log_alpha = smt.rates(outs[:, 2], outs[:, 3], log_beta)  # (B, H), (B, m·P), (B, H + P)
+        alpha = torch.exp(log_alpha)
         q = (outs[:, 4] if cfg.adaptive_q else smt.q_proj(x[:, t]))[:, None]
         if smt.conv_q is not None:
             q, conv_q = ref_short_conv(smt.conv_q.weight, smt.conv_q.bias, q, conv_q)
-        q = normed(q[:, 0])
+        q = normed(q[:, 0], cfg.qk_norm)
         ys.append(ref_mlp(smt.mem_rule, msnap, heads(q, H))[0])  # y_t = M_mem,snap(q_t)
-
-        def rate(r: Tensor) -> Tensor:  # (B, P) -> (B, m·P)
-            return r.unsqueeze(1).expand(B, m, P).reshape(B, m * P)
-
-        beta_b = torch.full((B, m * P), cfg.momentum, dtype=x.dtype) if bs is not None else None
-        kb = ref_l2_normalize(bank(k)) if cfg.qk_norm else bank(k)  # unit keys per projection-memory head
-        bw, bs = ref_write(smt.bank_rule, bsnap, bw, bs, kb, bank(v), rate(eta[:, H:]), rate(alpha[:, H:]), beta_b)
-        beta_m = torch.full((B, H), cfg.momentum, dtype=x.dtype) if ms is not None else None
-        mw, ms = ref_write(smt.mem_rule, msnap, mw, ms, heads(k, H), heads(v, H), eta[:, :H], alpha[:, :H], beta_m)
+        alpha_b = alpha[:, H:].unsqueeze(1).expand(B, m, P).reshape(B, m * P)
+        beta_b, beta_m = (None, None) if beta is None else (beta[:, H:], beta[:, :H])
+        bw, bs = ref_write(smt.bank_rule, bsnap, bw, bs, bank(k, cfg.qk_norm), bank(v, cfg.v_norm), eta_bank,
+                           alpha_b, beta_b)
+        mw, ms = ref_write(smt.mem_rule, msnap, mw, ms, heads(k, H), heads(v, H), eta_mem, alpha[:, :H], beta_m)
         bpos, mpos = (bpos + 1) % cfg.proj_chunk_size, (mpos + 1) % cfg.chunk_size
     bsnap = list(bw) if bpos == 0 else bsnap
     msnap = list(mw) if mpos == 0 else msnap

@@ -9,10 +9,17 @@ written the same way. Two chunk sizes (Eq. 90): the projection memories form a c
 writes depend only on their own outputs), so they run first with ``proj_chunk_size``; ``M_mem`` then
 runs with ``chunk_size`` on the keys, values and rates they produced; the sizes need not divide.
 
-Titans-style details (NL_REFERENCE 7.8): causal depthwise conv (width 4) on the q/k/v paths, ℓ2-normalised
-q and k per head, ``η_t = eta_scale·softplus(r_η(M_η(x_t)))`` and ``α_t = sigmoid(r_α(M_α(x_t)))`` with
-static per-head read-outs ``r`` (a residual memory's output is D-wide; the read-out turns it into one
-rate per head), output RMSNorm per head, ``silu`` gate and output projection.
+Every memory is per head (``(B, heads, d, ·)`` fast weights). The projection memories read a static
+linear projection of the input per memory (``proj_in``, Fig. 3's q/k/v projections placed before the
+memories), so a head sees every channel. Titans-style details (NL_REFERENCE 7.8): causal depthwise conv
+(width 4) on the q/k/v paths, ℓ2-normalised q, k (and v, ``v_norm``) per head, static per-head rate
+read-outs of ``M_η(x)`` and ``M_α(x)``, output RMSNorm per head, ``silu`` gate and output projection.
+
+Stability (docs/runtime.md §4): ``η = η_max · sigmoid(r_η(M_η(x)))`` with
+``η_max = step_budget · (1 − β) / (2 · C)`` for each memory system (chunk ``C``, momentum ``β``): a chunk
+sums ``C`` steps at one snapshot and momentum amplifies them by ``1/(1 − β)``, and DGD's erase doubles the
+curvature on a unit key, so ``2 C η / (1 − β) ≤ step_budget`` keeps the chunk update a contraction even
+for aligned keys. Hidden layers take normalised-LMS steps (``MemoryRule.normalized_rate``).
 
 Axis legend: ``B`` batch, ``T`` tokens, ``D`` width, ``H`` heads of ``M_mem`` (width ``d``), ``P`` heads
 of each projection memory (width ``D/P``), ``m`` number of projection memories.
@@ -26,15 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nldsl.nn.functional import ACTIVATIONS, l2_normalize, logit, softplus_inverse
+from nldsl.nn.functional import ACTIVATIONS, l2_normalize, logit
 from nldsl.nn.layers import RMSNorm, ShortConv, check_finite, check_positive_int, compute_dtype
 from nldsl.nn.memory_ops import (
-    MemoryRule, chunk_segments, init_memory_state, init_memory_weights, memory_read, memory_scan, memory_segment,
-    pack_state, unpack_state,
+    MemoryRule, chunk_loop, chunk_segments, init_memory_state, init_memory_weights, memory_read, memory_scan,
+    memory_segment, pack_state, unpack_state,
 )
 from nldsl.nn.neural_memory import short_conv
 
-__all__ = ["SelfModifyingTitans"]
+__all__ = ["SelfModifyingTitans", "MEMORY_NAMES"]
+
+MEMORY_NAMES = ("k", "v", "eta", "alpha", "q", "mem")
+"""The memories of a self-modifying Titans layer (``q`` only with ``adaptive_q``)."""
 
 
 class SelfModifyingTitans(nn.Module):
@@ -46,14 +56,15 @@ class SelfModifyingTitans(nn.Module):
         """Model width D."""
         n_heads: int = 4
         """Heads of the main memory M_mem (head width D / n_heads)."""
-        proj_heads: int = 1
-        """Heads of each projection memory; 1 = one full-width memory per projection (the paper's)."""
+        proj_heads: int | None = None
+        """Heads of each projection memory; ``None`` = ``n_heads`` (per-head memories); 1 = one full-width
+        memory per projection (the paper's literal Eq. 76-82, ~``n_heads``× the state and FLOPs)."""
         depth: int = 2
         """Depth of every memory (2 = the paper's residual MLP ``z + W_2 σ(W_1 z)``)."""
         hidden_mult: float = 2.0
         """M_mem hidden width as a multiple of its head width."""
-        proj_hidden_mult: float = 1.0
-        """Projection-memory hidden width as a multiple of D / proj_heads."""
+        proj_hidden_mult: float = 2.0
+        """Projection-memory hidden width as a multiple of their head width D / proj_heads."""
         activation: str = "silu"
         """σ of all memories: silu, gelu, tanh or relu."""
         chunk_size: int = 16
@@ -65,10 +76,14 @@ class SelfModifyingTitans(nn.Module):
         dgd: bool = True
         """Delta Gradient Descent (exact, per layer); False = plain GD (the "w/o DGD" ablation)."""
         momentum: float = 0.5
-        """Constant momentum β of every memory (Titans surprise); 0 = none."""
+        """Momentum β of every memory (Titans surprise); 0 = none (constant mode only)."""
+        momentum_mode: str = "constant"
+        """``constant`` or ``learned`` (one scalar per memory head through a sigmoid, starting at ``momentum``)."""
         eta_scale: float = 0.02
-        """η_t = eta_scale · softplus(r_η(M_η(x_t))); the read-out starts at softplus = 1, so η ≈ eta_scale.
-        A chunk sums its tokens' steps at one snapshot: keep ``chunk · η / (1 − momentum)`` well below 2."""
+        """Initial η (the read-out bias starts there, capped at half of ``η_max``)."""
+        step_budget: float = 1.0
+        """Bound of the chunk-summed, momentum-amplified DGD step on a unit key, ``2·C·η/(1 − β)``: η is
+        capped at ``η_max = step_budget·(1 − β)/(2·C)`` per memory system. Above ~2 aligned keys diverge."""
         alpha_init: float = 0.99
         """Initial retention α (the read-out bias is its logit)."""
         adaptive_q: bool = False
@@ -77,32 +92,26 @@ class SelfModifyingTitans(nn.Module):
         """Causal depthwise conv width on q/k/v; 0 = none."""
         qk_norm: bool = True
         """ℓ2-normalise q and k per head."""
+        v_norm: bool = True
+        """ℓ2-normalise v per head: bounded self-generated targets ``M(v)`` (v comes from M_v itself)."""
+        proj_in: bool = False
+        """Static linear input projection per projection memory (D → D), so per-head memories see every
+        channel; False = the memories read x directly."""
         stopgrad: bool = False
         """Detach every memory's writes from the outer graph."""
+        stopgrad_memories: tuple[str, ...] = ()
+        """Memories (of ``MEMORY_NAMES``) whose writes alone are detached (``init meta(grad = stopgrad)``)."""
+        checkpoint_chunks: int = 0
+        """Recompute chunk states in the backward, keeping every N-th (``torch.utils.checkpoint``); 0 = off."""
         output_norm: bool = True
         """RMSNorm per head on the read-out."""
         output_gate: bool = True
         """``silu(W_g x)`` gate before the output projection."""
 
         def __post_init__(self) -> None:
-            name = "SelfModifyingTitans"
-            for field in ("dim", "n_heads", "proj_heads", "depth", "chunk_size", "proj_chunk_size"):
-                check_positive_int(f"{name} {field}", getattr(self, field))
-            check_positive_int(f"{name} conv_size", self.conv_size, minimum=0)
-            for field in ("n_heads", "proj_heads"):
-                if self.dim % getattr(self, field):
-                    raise ValueError(f"{name} dim {self.dim} is not divisible by {field} {getattr(self, field)}")
-            for field in ("hidden_mult", "proj_hidden_mult", "eta_scale"):
-                if check_finite(f"{name} {field}", getattr(self, field)) <= 0:
-                    raise ValueError(f"{name} {field} must be > 0, got {getattr(self, field)!r}")
-            if not 0.0 <= check_finite(f"{name} momentum", self.momentum) < 1.0:
-                raise ValueError(f"{name} momentum must lie in [0, 1), got {self.momentum!r}")
-            if not 0.0 < check_finite(f"{name} alpha_init", self.alpha_init) < 1.0:
-                raise ValueError(f"{name} alpha_init must lie in (0, 1), got {self.alpha_init!r}")
-            if self.activation not in ACTIVATIONS:
-                raise ValueError(f"{name} activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-            if self.mem_objective not in ("self", "l2"):
-                raise ValueError(f"{name} mem_objective must be 'self' or 'l2', got {self.mem_objective!r}")
+            self.proj_heads = self.n_heads if self.proj_heads is None else self.proj_heads
+            self.stopgrad_memories = tuple(self.stopgrad_memories)
+            _check_config(self)
 
         def build(self) -> "SelfModifyingTitans":
             return SelfModifyingTitans(self)
@@ -113,18 +122,30 @@ class SelfModifyingTitans(nn.Module):
         self.config = cfg
         D, H, P = cfg.dim, cfg.n_heads, cfg.proj_heads
         self.names = ("k", "v", "eta", "alpha") + (("q",) if cfg.adaptive_q else ())
-        rule = dict(depth=cfg.depth, activation=cfg.activation, dgd=cfg.dgd, momentum=cfg.momentum > 0,
-                    stopgrad=cfg.stopgrad)
-        self.bank_rule = MemoryRule(objective="self", chunk_size=cfg.proj_chunk_size, **rule)
-        self.mem_rule = MemoryRule(objective=cfg.mem_objective, chunk_size=cfg.chunk_size, **rule)
+        m, cut = len(self.names), set(cfg.stopgrad_memories)
+        rule = dict(depth=cfg.depth, activation=cfg.activation, dgd=cfg.dgd, normalized_rate=True,
+                    momentum=cfg.momentum_mode == "learned" or cfg.momentum > 0)
+        bank_cut = tuple(n in cut for n in self.names for _ in range(P))  # bank heads are (m, P)
+        self.bank_rule = MemoryRule(objective="self", chunk_size=cfg.proj_chunk_size, **rule,
+                                    stopgrad=cfg.stopgrad or all(bank_cut), detached_heads=_partial(bank_cut))
+        self.mem_rule = MemoryRule(objective=cfg.mem_objective, chunk_size=cfg.chunk_size, **rule,
+                                   stopgrad=cfg.stopgrad or "mem" in cut)
         bank_hidden, mem_hidden = _width(D // P, cfg.proj_hidden_mult), _width(D // H, cfg.hidden_mult)
-        self.bank_init = init_memory_weights(len(self.names) * P, D // P, bank_hidden, cfg.depth, zero_linear=False)
+        self.bank_init = init_memory_weights(m * P, D // P, bank_hidden, cfg.depth, zero_linear=False)
         self.mem_init = init_memory_weights(H, D // H, mem_hidden, cfg.depth, zero_linear=False)
+        self.proj_in = nn.Linear(D, m * D, bias=False) if cfg.proj_in else None
+        if self.proj_in is not None:
+            nn.init.normal_(self.proj_in.weight, std=D ** -0.5)
         self.q_proj = None if cfg.adaptive_q else nn.Linear(D, D, bias=False)
         self.conv_kv = ShortConv(2 * D, cfg.conv_size) if cfg.conv_size else None
         self.conv_q = ShortConv(D, cfg.conv_size) if cfg.conv_size else None
-        self.eta_readout = _readout(D, H + P, softplus_inverse(1.0))
-        self.alpha_readout = _readout(D, H + P, logit(cfg.alpha_init))
+        self.momentum_raw = None
+        if cfg.momentum_mode == "learned":
+            self.momentum_raw = nn.Parameter(torch.full((H + m * P,), logit(cfg.momentum)))
+        keep = 1.0 - cfg.momentum  # the read-out starts at η_0 = min(eta_scale, η_max / 2)
+        ratio = [min(cfg.eta_scale * 2 * c / (cfg.step_budget * keep), 0.5) for c in (cfg.chunk_size, cfg.proj_chunk_size)]
+        self.eta_readout = _readout(D, H + P, torch.tensor([logit(ratio[0])] * H + [logit(ratio[1])] * P))
+        self.alpha_readout = _readout(D, H + P, torch.full((H + P,), logit(cfg.alpha_init)))
         self.out_norm = RMSNorm(D // H) if cfg.output_norm else None
         self.gate = nn.Linear(D, D, bias=False) if cfg.output_gate else None
         self.out = nn.Linear(D, D, bias=False)
@@ -147,99 +168,143 @@ class SelfModifyingTitans(nn.Module):
                 state[name] = torch.zeros(batch_size, conv.kernel_size - 1, conv.dim, dtype=dtype, device=device)
         return state
 
+    # ------------------------------------------------------------------------------------ rates
+    def log_momentum(self, dtype: torch.dtype) -> Tensor | None:
+        """log β of every memory head ``(H + m·P,)`` (M_mem heads first, then the bank's ``(m, P)``)."""
+        cfg = self.config
+        if self.momentum_raw is not None:
+            return F.logsigmoid(self.momentum_raw.to(dtype))
+        if cfg.momentum == 0:
+            return None
+        n = cfg.n_heads + len(self.names) * cfg.proj_heads
+        return torch.full((n,), math.log(cfg.momentum), dtype=dtype, device=self.eta_readout.bias.device)
+
+    def eta_max(self, log_beta: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``η_max = step_budget·(1 − β)/(2·C)`` for M_mem heads ``(H,)`` and bank heads ``(m·P,)``."""
+        cfg, H = self.config, self.config.n_heads
+        n = H + len(self.names) * cfg.proj_heads
+        if log_beta is None:
+            keep = torch.ones(n, dtype=dtype, device=self.eta_readout.bias.device)
+        else:
+            keep = -torch.expm1(log_beta.to(dtype))
+        return (cfg.step_budget * keep[:H] / (2 * cfg.chunk_size),
+                cfg.step_budget * keep[H:] / (2 * cfg.proj_chunk_size))
+
+    def rates(self, eta_out: Tensor, alpha_out: Tensor, log_beta: Tensor | None):
+        """η and log α from the outputs of M_η and M_α ``(..., D)`` via the static per-head read-outs.
+
+        Returns ``η`` of M_mem ``(..., H)`` and of every projection memory ``(..., m·P)``, and
+        ``log α`` ``(..., H + P)`` (the bank's P retention gates are shared by its m memories).
+        """
+        H, P, m = self.config.n_heads, self.config.proj_heads, len(self.names)
+        sd = compute_dtype(eta_out.dtype)
+        cap_mem, cap_bank = self.eta_max(log_beta, sd)
+        gate = torch.sigmoid(self.eta_readout(eta_out).to(sd))  # (..., H + P)
+        lead = gate.shape[:-1]
+        bank_gate = gate[..., H:].unsqueeze(-2).expand(*lead, m, P).reshape(*lead, m * P)
+        log_alpha = F.logsigmoid(self.alpha_readout(alpha_out).to(sd))
+        return cap_mem * gate[..., :H], cap_bank * bank_gate, log_alpha
+
     # ---------------------------------------------------------------------------------- helpers
     def _heads(self, z: Tensor, n_heads: int) -> Tensor:
         """``(B, T, D)`` -> ``(B, n_heads, T, D / n_heads)``."""
         B, T, D = z.shape
         return z.view(B, T, n_heads, D // n_heads).transpose(1, 2)
 
-    def _normed_key(self, k: Tensor) -> Tensor:
-        """ℓ2 norm per M_mem head, kept ``(B, T, D)``."""
-        if not self.config.qk_norm:
-            return k
-        B, T, D = k.shape
-        return l2_normalize(k.view(B, T, self.config.n_heads, -1)).view(B, T, D)
+    def _normed(self, z: Tensor, on: bool) -> Tensor:
+        """ℓ2 norm per M_mem head when ``on``, kept ``(B, T, D)``."""
+        if not on:
+            return z
+        B, T, D = z.shape
+        return l2_normalize(z.view(B, T, self.config.n_heads, -1)).view(B, T, D)
 
-    def _bank(self, z: Tensor, m: int) -> Tensor:
-        """Feed the same ``(B, T, D)`` to all ``m`` projection memories: ``(B, m·P, T, D/P)``."""
+    def _bank(self, z: Tensor, normed: bool = False) -> Tensor:
+        """Feed the same ``(B, T, D)`` to all m projection memories: ``(B, m·P, T, D/P)``, optionally
+        ℓ2-normalised over their own head width (unit keys and values for every memory)."""
         zh = self._heads(z, self.config.proj_heads)  # (B, P, T, D/P)
         B, P, T, dP = zh.shape
-        return zh.unsqueeze(1).expand(B, m, P, T, dP).reshape(B, m * P, T, dP)
-
-    def _bank_key(self, k: Tensor, m: int) -> Tensor:
-        """The shared key as the projection memories see it: ℓ2-normalised over their own head width."""
-        kb = self._bank(k, m)  # (B, m·P, T, D/P)
-        return l2_normalize(kb) if self.config.qk_norm else kb
-
-    def _bank_rate(self, r: Tensor) -> Tensor:
-        """Per-token rate ``(B, T, P)`` -> ``(B, m·P, T)`` (every projection memory of a head shares it)."""
-        B, T, P = r.shape
         m = len(self.names)
-        return r.transpose(1, 2).unsqueeze(1).expand(B, m, P, T).reshape(B, m * P, T)
+        zb = zh.unsqueeze(1).expand(B, m, P, T, dP).reshape(B, m * P, T, dP)
+        return l2_normalize(zb) if normed else zb
 
-    def project_chunk(self, x: Tensor, snap: list[Tensor], conv_kv: Tensor | None, sd: torch.dtype):
+    def bank_input(self, x: Tensor) -> Tensor:
+        """What the projection memories read: ``(B, n, D)`` -> ``(B, m·P, n, D/P)`` (each its own projection)."""
+        if self.proj_in is None:
+            return self._bank(x)
+        B, n, D = x.shape
+        m, P = len(self.names), self.config.proj_heads
+        z = self.proj_in(x).view(B, n, m, P, D // P)  # (B, n, m, P, D/P)
+        return z.permute(0, 2, 3, 1, 4).reshape(B, m * P, n, D // P)
+
+    def project_chunk(self, x: Tensor, snap: list[Tensor], conv_kv: Tensor | None, log_beta: Tensor | None):
         """Outputs of the projection memories on one chunk ``(B, n, D)`` read at their snapshot.
 
-        Returns the keys, values, raw q (or ``None``), rates ``η, log α`` ``(B, n, H + P)`` and the conv state.
+        Returns k, v, raw q (or ``None``) ``(B, n, D)``, η of M_mem ``(B, n, H)`` and of the bank
+        ``(B, n, m·P)``, log α ``(B, n, H + P)`` and the conv state.
         """
         B, n, D = x.shape
-        m = len(self.names)
-        out = memory_read(self.bank_rule, snap, self._bank(x, m))  # (B, m·P, n, D/P)
-        outs = out.view(B, m, self.config.proj_heads, n, -1).transpose(2, 3).reshape(B, m, n, D)
+        cfg, m = self.config, len(self.names)
+        out = memory_read(self.bank_rule, snap, self.bank_input(x))  # (B, m·P, n, D/P)
+        outs = out.view(B, m, cfg.proj_heads, n, -1).transpose(2, 3).reshape(B, m, n, D)
         kv = torch.cat([outs[:, 0], outs[:, 1]], dim=-1)  # (B, n, 2D)
         if self.conv_kv is not None:
             kv, conv_kv = short_conv(self.conv_kv, kv, conv_kv)
-        k, v = self._normed_key(kv[..., :D]), kv[..., D:]
-        eta = self.config.eta_scale * F.softplus(self.eta_readout(outs[:, 2]).to(sd))
-        log_alpha = F.logsigmoid(self.alpha_readout(outs[:, 3]).to(sd))
-        q_raw = outs[:, 4] if self.config.adaptive_q else None
-        return k, v, q_raw, eta, log_alpha, conv_kv
+        k, v = self._normed(kv[..., :D], cfg.qk_norm), self._normed(kv[..., D:], cfg.v_norm)
+        eta_mem, eta_bank, log_alpha = self.rates(outs[:, 2], outs[:, 3], log_beta)
+        q_raw = outs[:, 4] if cfg.adaptive_q else None
+        return k, v, q_raw, eta_mem, eta_bank, log_alpha, conv_kv
 
     # ---------------------------------------------------------------------------------- forward
     def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
         B, T, D = x.shape
-        cfg = self.config
+        cfg, H = self.config, self.config.n_heads
         state = self.init_state(B, x.device, x.dtype) if state is None else state
         if T == 0:  # an empty piece (e.g. building the initial state): nothing is read or written
             return x.new_zeros(B, 0, D), state
-        k, v, q_raw, eta, log_alpha, new_state = self.run_projections(x, state)
+        log_beta = self.log_momentum(compute_dtype(x.dtype))
+        k, v, q_raw, eta, log_alpha, new_state = self.run_projections(x, state, log_beta)
         q = q_raw if cfg.adaptive_q else self.q_proj(x)  # (B, T, D)
         if self.conv_q is not None:
             q, new_state["conv_q"] = short_conv(self.conv_q, q, state.get("conv_q"))
-        q = self._normed_key(q)
-        H = cfg.n_heads
-        eta, log_alpha = eta[..., :H].transpose(1, 2), log_alpha[..., :H].transpose(1, 2)  # (B, H, T)
-        log_beta = torch.full_like(eta, math.log(cfg.momentum)) if self.mem_rule.momentum else None
-        y, new_state["mem"] = memory_scan(self.mem_rule, state["mem"], self._heads(k, H), self._heads(v, H),
-                                          eta, log_alpha, log_beta, self._heads(q, H))
+        q = self._normed(q, cfg.qk_norm)
+        eta, log_alpha = eta.transpose(1, 2), log_alpha[..., :H].transpose(1, 2)  # (B, H, T)
+        lb = None if log_beta is None else log_beta[:H, None].expand(B, H, T)
+        y, new_state["mem"] = memory_scan(self.mem_rule, state["mem"], self._heads(k, H), self._heads(v, H), eta,
+                                          log_alpha, lb, self._heads(q, H), cfg.checkpoint_chunks)
         return self.read_out(x, y), new_state
 
-    def run_projections(self, x: Tensor, state: dict):
+    def run_projections(self, x: Tensor, state: dict, log_beta: Tensor | None):
         """The projection memories over a piece, chunk by chunk (``proj_chunk_size``), reading then writing.
 
-        Returns k, v, raw q (or ``None``) ``(B, T, D)``, η and log α ``(B, T, H + P)`` for every token, and
-        the new state's ``bank`` / ``conv_kv`` entries.
+        Returns k, v, raw q (or ``None``) ``(B, T, D)``, η of M_mem ``(B, T, H)``, log α ``(B, T, H + P)``
+        for every token, and the new state's ``bank`` / ``conv_kv`` entries.
         """
         B, T, _ = x.shape
-        cfg, m, sd = self.config, len(self.names), compute_dtype(x.dtype)
+        cfg, H, C = self.config, self.config.n_heads, self.config.proj_chunk_size
+
+        def step(carry, t0: int, n: int):
+            w, snap, s, pos, conv = carry
+            k, v, q_raw, eta_mem, eta_bank, log_alpha, conv = self.project_chunk(x[:, t0:t0 + n], snap, conv, log_beta)
+            lb = None if log_beta is None else log_beta[H:, None].expand(B, log_beta.shape[0] - H, n)
+            _, w, s = memory_segment(self.bank_rule, snap, w, s, self._bank(k, cfg.qk_norm), self._bank(v, cfg.v_norm),
+                                     eta_bank.transpose(1, 2), self._bank_rate(log_alpha[..., H:]), lb)
+            pos = (pos + n) % C
+            return (k, v, q_raw, eta_mem, log_alpha), (w, w if pos == 0 else snap, s, pos, conv)
+
         w, snap, s, pos = unpack_state(self.bank_rule, state["bank"])
-        conv_kv, outs = state.get("conv_kv"), []
-        for t0, n in chunk_segments(T, cfg.proj_chunk_size, pos):
-            k, v, q_raw, eta, log_alpha, conv_kv = self.project_chunk(x[:, t0:t0 + n], snap, conv_kv, sd)
-            log_beta = None
-            if self.bank_rule.momentum:
-                log_beta = torch.full((B, m * cfg.proj_heads, n), math.log(cfg.momentum), dtype=sd, device=x.device)
-            H = cfg.n_heads
-            _, w, s = memory_segment(self.bank_rule, snap, w, s, self._bank_key(k, m), self._bank(v, m),
-                                     self._bank_rate(eta[..., H:]), self._bank_rate(log_alpha[..., H:]), log_beta)
-            pos = (pos + n) % cfg.proj_chunk_size
-            snap = w if pos == 0 else snap
-            outs.append((k, v, q_raw, eta, log_alpha))
+        outs, (w, snap, s, pos, conv_kv) = chunk_loop(step, (w, snap, s, pos, state.get("conv_kv")),
+                                                      chunk_segments(T, C, pos), cfg.checkpoint_chunks)
         k, v, q_raw, eta, log_alpha = (None if parts[0] is None else torch.cat(parts, 1) for parts in zip(*outs))
         new_state = {"bank": pack_state(w, snap, s, pos)}
         if conv_kv is not None:
             new_state["conv_kv"] = conv_kv
         return k, v, q_raw, eta, log_alpha, new_state
+
+    def _bank_rate(self, r: Tensor) -> Tensor:
+        """Per-token gate ``(B, T, P)`` -> ``(B, m·P, T)`` (every projection memory of a head shares it)."""
+        B, T, P = r.shape
+        m = len(self.names)
+        return r.transpose(1, 2).unsqueeze(1).expand(B, m, P, T).reshape(B, m * P, T)
 
     def read_out(self, x: Tensor, y: Tensor) -> Tensor:
         """Per-head RMSNorm, ``silu`` gate and output projection: ``(B, H, T, d)`` -> ``(B, T, D)``."""
@@ -252,13 +317,49 @@ class SelfModifyingTitans(nn.Module):
         return self.out(y)
 
 
+def _check_config(cfg: "SelfModifyingTitans.Config") -> None:
+    name = "SelfModifyingTitans"
+    for field in ("dim", "n_heads", "proj_heads", "depth", "chunk_size", "proj_chunk_size"):
+        check_positive_int(f"{name} {field}", getattr(cfg, field))
+    for field in ("conv_size", "checkpoint_chunks"):
+        check_positive_int(f"{name} {field}", getattr(cfg, field), minimum=0)
+    for field in ("n_heads", "proj_heads"):
+        if cfg.dim % getattr(cfg, field):
+            raise ValueError(f"{name} dim {cfg.dim} is not divisible by {field} {getattr(cfg, field)}")
+    for field in ("hidden_mult", "proj_hidden_mult", "eta_scale", "step_budget"):
+        if check_finite(f"{name} {field}", getattr(cfg, field)) <= 0:
+            raise ValueError(f"{name} {field} must be > 0, got {getattr(cfg, field)!r}")
+    if cfg.momentum_mode not in ("constant", "learned"):
+        raise ValueError(f"{name} momentum_mode must be 'constant' or 'learned', got {cfg.momentum_mode!r}")
+    low = 0.0 if cfg.momentum_mode == "constant" else math.nextafter(0.0, 1.0)
+    if not low <= check_finite(f"{name} momentum", cfg.momentum) < 1.0:
+        raise ValueError(f"{name} momentum ({cfg.momentum_mode}) must lie in {'[' if low == 0 else '('}0, 1), "
+                         f"got {cfg.momentum!r}")
+    if not 0.0 < check_finite(f"{name} alpha_init", cfg.alpha_init) < 1.0:
+        raise ValueError(f"{name} alpha_init must lie in (0, 1), got {cfg.alpha_init!r}")
+    if cfg.activation not in ACTIVATIONS:
+        raise ValueError(f"{name} activation must be one of {sorted(ACTIVATIONS)}, got {cfg.activation!r}")
+    if cfg.mem_objective not in ("self", "l2"):
+        raise ValueError(f"{name} mem_objective must be 'self' or 'l2', got {cfg.mem_objective!r}")
+    known = [n for n in MEMORY_NAMES if n != "q" or cfg.adaptive_q]
+    unknown = [n for n in cfg.stopgrad_memories if n not in known]
+    if unknown:
+        raise ValueError(f"{name} stopgrad_memories names unknown memories {unknown}; known: {known}")
+
+
+def _partial(cut: tuple[bool, ...]) -> tuple[bool, ...]:
+    """Per-head stop-grad flags, or ``()`` when none or all heads are cut (the rule's ``stopgrad`` covers it)."""
+    return cut if any(cut) and not all(cut) else ()
+
+
 def _width(width: int, mult: float) -> int:
     return max(1, int(round(width * mult)))
 
 
-def _readout(dim: int, out: int, bias: float) -> nn.Linear:
+def _readout(dim: int, out: int, bias: Tensor) -> nn.Linear:
     """Static per-head rate read-out: small weights, bias at the rate's initial raw value."""
     lin = nn.Linear(dim, out)
     nn.init.normal_(lin.weight, std=0.02)
-    nn.init.constant_(lin.bias, bias)
+    with torch.no_grad():
+        lin.bias.copy_(bias)
     return lin

@@ -40,9 +40,14 @@ def task_segment_len(model: nn.Module) -> int | None:
 
 
 def initial_state(model: nn.Module, tokens: Tensor) -> State:
-    """The model's state before any token, from a forward over zero tokens (zero fast deltas)."""
+    """The model's state before any token, from a forward over zero tokens (zero fast deltas).
+
+    Built with gradients enabled: the meta-learned initial states of in-context memories (their
+    parameters expanded to the batch) stay connected to those parameters, so the first segment gives
+    them their outer gradient (later segments see the detached state: truncated BPTT).
+    """
     try:
-        with torch.no_grad():
+        with torch.enable_grad():
             _, state = model(tokens[:, :0], None)
     except Exception as exc:  # a block that cannot run on an empty sequence
         raise ValueError(f"train_segments: {type(model).__name__} cannot build its initial state from an "

@@ -7,7 +7,7 @@ gives Muon-like outputs, Eq. 24/52). It leaves the memory's inputs and objective
 Memory. One tiny MLP per parameter tensor, shared by all its coordinates and applied to each
 coordinate's feature vector z_j = [ĝ_j, m̂_j] ∈ R² (a feature map of the gradient stream, Eq. 51):
 
-    ĝ = g / (rms(g) + eps)                    per-tensor normalised gradient (scale-free features)
+    ĝ = g / (r + eps·min(1, r)), r = rms(g)   per-tensor normalised gradient (scale-free at any size)
     m ← β·m + (1 − β)·ĝ,   m̂ = m / (1 − β^t)   the classic EMA momentum of ĝ, bias-corrected
     f_φ(z) = w_linᵀ z + w_2ᵀ tanh(W_1 z + b_1)    φ = (w_lin ∈ R², W_1 ∈ R^{h×2}, b_1 ∈ R^h, w_2 ∈ R^h)
 
@@ -56,6 +56,7 @@ from nldsl.optim.common import (
     muon_scale,
     to_matrix,
 )
+from nldsl.optim.newton_schulz import unit_norm
 
 NONLINEARITIES = ("none", "newton_schulz")
 
@@ -108,7 +109,7 @@ class DeepMomentum(NLOptimizer):
         inner_decay: γ in [0, 1], retention pull of φ toward its init each step.
         nonlinearity: "none" or "newton_schulz" (Muon-like output, Eq. 24/52).
         ns_steps: Newton-Schulz iterations when nonlinearity="newton_schulz".
-        eps: added to rms(g) when normalising the gradient.
+        eps: guard of the gradient normalisation g / (rms + eps·min(1, rms)) (newton_schulz.unit_norm).
         weight_decay: decoupled weight decay λ.
         seed: seeds each tensor's memory init (tensor k gets seed + k), so runs are reproducible.
         adamw_lr_ratio, adamw_betas, adamw_eps: the AdamW fallback (nldsl.optim.common).
@@ -173,7 +174,7 @@ class DeepMomentum(NLOptimizer):
         beta, hidden = group["beta"], group["hidden"]
         cdt = torch.float64 if p.dtype == torch.float64 else torch.float32
         g = p.grad.to(cdt)
-        g_hat = g / (g.norm() / g.numel() ** 0.5 + group["eps"])
+        g_hat = unit_norm(g, group["eps"], tuple(range(g.ndim)), rms=True)
         phi = state["phi"].to(cdt)
         t = state["step"]
         if t > 0:

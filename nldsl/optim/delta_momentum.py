@@ -15,7 +15,7 @@ We keep P = I (the value written for key G is the gradient itself, so δ = 0 is 
 momentum), take the erase key K normalised, and store the buffer in gradient units, B = −m/η, so an LR
 schedule acts as it does on torch.optim.SGD:
 
-    K = G / (‖G‖_F + eps)                  (normalize=True, default; K = G when normalize=False)
+    K = G / (‖G‖_F + eps·min(1, ‖G‖_F))   (normalize=True, default; K = G when normalize=False)
     B ← B (β I − δ KᵀK) + G
     W ← W·(1 − η·λ) − η·B
 
@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from nldsl.optim.common import NLOptimizer, check_beta, check_bool, check_nonneg, check_unit, to_matrix
+from nldsl.optim.newton_schulz import unit_norm
 
 
 def delta_erase(B: Tensor, K: Tensor) -> Tensor:
@@ -56,8 +57,8 @@ class DeltaMomentum(NLOptimizer):
         beta: momentum retention β in [0, 1).
         delta: erase strength δ: in [0, 1] with normalize=True (δ <= β keeps the decay >= 0),
             any value >= 0 otherwise.
-        normalize: normalise the key K = G / (‖G‖_F + eps).
-        eps: added to ‖G‖_F.
+        normalize: normalise the key K = G / (‖G‖_F + eps·min(1, ‖G‖_F)) (unit norm at any gradient scale).
+        eps: guard of that normalisation (nldsl.optim.newton_schulz.unit_norm).
         weight_decay: decoupled weight decay λ.
         adamw_lr_ratio, adamw_betas, adamw_eps: the AdamW fallback (nldsl.optim.common).
     """
@@ -96,7 +97,7 @@ class DeltaMomentum(NLOptimizer):
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["step"] += 1
             G = to_matrix(p.grad)  # (rows, cols)
-            K = G / (torch.linalg.matrix_norm(G) + group["eps"]) if group["normalize"] else G
+            K = unit_norm(G, group["eps"], (-2, -1)) if group["normalize"] else G
             B = to_matrix(state["momentum_buffer"])  # (rows, cols)
             new = B.mul(group["beta"]).sub_(delta_erase(B, K), alpha=group["delta"]).add_(G)
             state["momentum_buffer"].copy_(new.reshape(p.shape))

@@ -17,6 +17,8 @@ bf16 matmuls are slow and no faster than fp32. The result has the input's dtype.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -33,13 +35,32 @@ def ns_compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def unit_norm(x: Tensor, eps: float, dims: tuple[int, ...], rms: bool = False) -> Tensor:
+    """``x / (n + eps·min(1, n))`` with ``n`` the ℓ2 norm (or RMS) over ``dims``; zero stays zero.
+
+    The norm is taken on ``x / max|x|``, so it neither overflows (fp32 entries above ~1e19 square to inf)
+    nor underflows. For ``n >= 1`` this is the classic ``x / (n + eps)``; below 1 the guard shrinks with
+    ``n``, so the result has norm ``1/(1 + eps)`` for every non-zero input, however small (scale-free).
+    """
+    scale = x.abs().amax(dim=dims, keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # (..., 1, 1); 1 for an all-zero x
+    y = x / scale  # entries in [-1, 1]
+    n = y.square().sum(dim=dims, keepdim=True)
+    if rms:
+        n = n / math.prod(x.shape[d] for d in dims)
+    n = n.sqrt()  # ‖x‖ / scale
+    denom = n + eps * torch.minimum(n, scale.reciprocal())  # (‖x‖ + eps·min(1, ‖x‖)) / scale
+    return y / torch.where(n > 0, denom, torch.ones_like(denom))
+
+
 def newton_schulz(G: Tensor, steps: int = 5, *, eps: float = 1e-7, dtype: torch.dtype | None = None) -> Tensor:
     """Approximately orthogonalise ``G`` (≈ U Vᵀ of its SVD) with ``steps`` quintic Newton-Schulz steps.
 
     Args:
         G: a matrix (m, n) or a batch (..., m, n); each matrix is treated on its own. Any aspect ratio.
         steps: number of iterations (Muon and M3 use 5).
-        eps: added to the Frobenius norm before normalising, so a zero matrix maps to zero.
+        eps: guards the Frobenius normalisation: ``G / (‖G‖ + eps·min(1, ‖G‖))`` (see :func:`unit_norm`),
+            so a zero matrix maps to zero and any non-zero one, however small or large, is orthogonalised.
         dtype: force the compute dtype; by default see :func:`ns_compute_dtype`.
     Returns:
         A tensor of ``G``'s shape and dtype with singular values in roughly [0.7, 1.2].
@@ -49,11 +70,11 @@ def newton_schulz(G: Tensor, steps: int = 5, *, eps: float = 1e-7, dtype: torch.
         raise ValueError(f"newton_schulz needs a matrix or a batch of matrices, got shape {shape}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"newton_schulz steps must be a positive int, got {steps!r}")
+    if G.numel() == 0:
+        return G.clone()
     compute = dtype or ns_compute_dtype(G.dtype, G.device)
     norm_dtype = torch.float64 if compute == torch.float64 else torch.float32
-    X = G.to(norm_dtype)
-    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)
-    X = X.to(compute)
+    X = unit_norm(G.to(norm_dtype), eps, (-2, -1)).to(compute)
     # Iterate on the wide orientation so the Gram matrix X Xᵀ is the smaller one (min(m, n) squared).
     tall = X.size(-2) > X.size(-1)
     if tall:

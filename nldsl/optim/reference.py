@@ -28,7 +28,8 @@ def newton_schulz_ref(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
     G = _f64(G)
     if G.ndim > 2:
         return torch.stack([newton_schulz_ref(g, steps, eps) for g in G])
-    X = G / (math.sqrt(float((G * G).sum())) + eps)
+    norm = math.sqrt(float((G * G).sum()))
+    X = G / (norm + eps * min(1.0, norm)) if norm > 0 else G
     for _ in range(steps):
         A = X @ X.T
         X = NS_A * X + NS_B * (A @ X) + NS_C * (A @ A @ X)
@@ -93,13 +94,14 @@ def m3_ref(w, grads, lr, betas=(0.9, 0.999, 0.9), alpha=0.5, slow_every=10, ns_s
 
 def delta_momentum_ref(w, grads, lr, beta=0.9, delta=0.5, normalize=True, eps=1e-8,
                        weight_decay=0.0) -> list[Tensor]:
-    """K = G/(‖G‖+ε); B ← B(βI − δKᵀK) + G; W ← W(1 − ηλ) − ηB, with the (cols, cols) matrix formed."""
+    """K = G/(‖G‖+ε·min(1, ‖G‖)); B ← B(βI − δKᵀK) + G; W ← W(1 − ηλ) − ηB, with the (cols, cols) matrix formed."""
     w, out = _f64(w), []
     rows, cols = _mat(w).shape
     buf = torch.zeros(rows, cols, dtype=torch.float64)
     for g in grads:
         g = _mat(_f64(g))
-        k = g / (math.sqrt(float((g * g).sum())) + eps) if normalize else g
+        norm = math.sqrt(float((g * g).sum()))
+        k = (g / (norm + eps * min(1.0, norm)) if norm > 0 else g) if normalize else g
         buf = buf @ (beta * torch.eye(cols, dtype=torch.float64) - delta * k.T @ k) + g
         w = w * (1 - lr * weight_decay) - lr * buf.reshape(w.shape)
         out.append(w)
@@ -121,7 +123,8 @@ def deep_momentum_ref(w, grads, lr, phi0, beta=0.9, hidden=8, inner_lr=0.05, inn
     phi, m, z_prev = phi0.clone(), torch.zeros(w.numel(), dtype=torch.float64), None
     for t, g in enumerate(grads, start=1):
         g = _f64(g).flatten()
-        g_hat = g / (math.sqrt(float((g * g).mean())) + eps)
+        rms = math.sqrt(float((g * g).mean()))
+        g_hat = g / (rms + eps * min(1.0, rms)) if rms > 0 else g
         if z_prev is not None:
             phi_var = phi.clone().requires_grad_(True)
             with torch.enable_grad():

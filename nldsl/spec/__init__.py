@@ -20,8 +20,8 @@ from nldsl.spec.resolve import Loader, build_root, read_source
 def load(path_or_text: str | Path | Source) -> Spec:
     """Load a `.nl` file or text into a ``Spec``.
 
-    A ``str`` that contains a newline or does not end in ``.nl`` is text (reported as ``<string>``);
-    otherwise it, or a ``Path``, names a file. Imports are resolved relative to the file (to the
+    A ``Path``, or a one-line ``str`` that ends in ``.nl`` or names an existing file, is a file; any
+    other ``str`` is text (reported as ``<string>``). Imports are resolved relative to the file (to the
     working directory for text).
 
     Raises:
@@ -64,6 +64,22 @@ def _source(path_or_text: str | Path | Source) -> Source:
     if isinstance(path_or_text, Path):
         return read_source(str(path_or_text))
     text = str(path_or_text)
-    if "\n" in text or not text.endswith(".nl"):
-        return Source(path="<string>", text=text)
-    return read_source(text)
+    if is_path(text):
+        return read_source(text)
+    return Source(path="<string>", text=text)
+
+
+def is_path(text: str) -> bool:
+    """Does a ``str`` argument name a file rather than hold `.nl` text?
+
+    One line ending in ``.nl`` is a path (a missing one is reported as NL115), and so is one line naming
+    a file that exists (``spec.txt``); anything else is text.
+    """
+    if "\n" in text or not text.strip():
+        return False
+    if text.endswith(".nl"):
+        return True
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL character
+        return False

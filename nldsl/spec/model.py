@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Iterator, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from nldsl.source import Span
 
@@ -63,7 +63,9 @@ class Number(Node):
     it may be ``inf``/``nan`` (``1e999``, ``nan``) — the value checks reject those."""
 
     type: Literal["number"] = "number"
-    value: Union[int, float]
+    value: Annotated[Union[int, float], WithJsonSchema({
+        "anyOf": [{"type": "integer"}, {"type": "number"}, {"enum": ["Infinity", "-Infinity", "NaN"]}],
+        "title": "Value", "description": "JSON has no inf/nan: they are written as these three strings"})]
     text: str = ""
     """The source text of the literal or constant expression (``"4 * dim"``), for messages."""
 

@@ -22,6 +22,8 @@ from nldsl.spec import model as m
 from nldsl.spec.build import Builder, Env, unquote
 from nldsl.syntax import parse
 
+MAX_IMPORT_DEPTH = 64
+"""Longest chain of imports (a imports b imports c ...) followed; deeper chains get NL119."""
 
 @dataclass
 class BlockEntry:
@@ -43,10 +45,16 @@ class Module:
     consts: dict[str, m.Const] = field(default_factory=dict)
     blocks: dict[str, BlockEntry] = field(default_factory=dict)
     failed: bool = False
+    _env: Env = field(default_factory=dict, repr=False)
+    _env_size: int = -1
 
     @property
     def env(self) -> Env:
-        return {name: const.value for name, const in self.consts.items()}
+        """The visible constants by name (cached: constants are only ever added, never replaced)."""
+        if self._env_size != len(self.consts):
+            self._env = {name: const.value for name, const in self.consts.items()}
+            self._env_size = len(self.consts)
+        return self._env
 
 
 class Loader:
@@ -101,11 +109,19 @@ class Loader:
     def import_(self, mod: Module, stmt: Tree) -> None:
         builder = mod.builder
         written = unquote(stmt.children[0])
+        if not written.strip():
+            builder.error("NL115", stmt, "empty import path", 'write the file to import: import "lib/blocks.nl"')
+            return
         base = Path(mod.source.path).parent if not mod.source.path.startswith("<") else Path.cwd()
         target = os.path.normpath(base / written)
         if _key(target) in self.stack:
-            chain = " -> ".join(self.stack[self.stack.index(_key(target)):] + [target])
+            chain = " -> ".join(_shown(p) for p in self.stack[self.stack.index(_key(target)):] + [target])
             builder.error("NL116", stmt, f"circular import of '{written}'", f"import chain: {chain}")
+            return
+        if len(self.stack) >= MAX_IMPORT_DEPTH:
+            builder.error("NL119", stmt, f"imports nested deeper than {MAX_IMPORT_DEPTH} files",
+                          f"'{_shown(self.stack[0])}' imports a file that imports a file ... "
+                          f"{MAX_IMPORT_DEPTH} times over; import the files you need directly")
             return
         source = read_source(target, builder, stmt)
         if source is None:
@@ -146,10 +162,11 @@ class Loader:
         for name in cyclic:  # already reported (NL117); nan keeps their uses quiet
             mod.consts[name] = m.Const(span=builder.span(own[name]), name=name,
                                        value=m.Number(span=builder.span(own[name]), value=math.nan, text=name))
+        env = dict(mod.env)
         for name in (n for n in order if n not in cyclic):
             stmt = own[name]
-            value = builder.value(stmt.children[1], mod.env)
-            mod.consts[name] = m.Const(span=builder.span(stmt), name=name, value=value)
+            env[name] = builder.value(stmt.children[1], env)
+            mod.consts[name] = m.Const(span=builder.span(stmt), name=name, value=env[name])
 
     def define_block(self, mod: Module, stmt: Tree) -> None:
         builder = mod.builder
@@ -337,29 +354,36 @@ def read_source(path: str, builder: Builder | None = None, stmt: Tree | None = N
 
 
 def _const_order(own: dict[str, Tree], builder: Builder) -> tuple[list[str], set[str]]:
-    """Own constants in dependency order, and those on a cycle (NL117, reported once per cycle)."""
+    """Own constants in dependency order, and those on a cycle (NL117, reported once per cycle).
+
+    An iterative depth-first search: a chain of thousands of constants must not exhaust the stack.
+    """
     order: list[str] = []
     state: dict[str, str] = {}
     cyclic: set[str] = set()
-
-    def visit(name: str, trail: list[str]) -> None:
-        if state.get(name) == "done":
-            return
-        if state.get(name) == "active":
-            cycle = trail[trail.index(name):] + [name]
-            cyclic.update(cycle)
-            builder.error("NL117", own[name].children[0], f"constant '{name}' is defined in terms of itself",
-                          "cycle: " + " -> ".join(cycle))
-            return
-        state[name] = "active"
-        for tok in own[name].children[1].scan_values(lambda v: getattr(v, "type", None) == "NAME"):
-            if str(tok) in own:
-                visit(str(tok), trail + [name])
-        state[name] = "done"
-        order.append(name)
-
-    for name in own:
-        visit(name, [])
+    deps = {name: [str(t) for t in stmt.children[1].scan_values(lambda v: getattr(v, "type", None) == "NAME")
+                   if str(t) in own] for name, stmt in own.items()}
+    for root in own:
+        if state.get(root):
+            continue
+        trail, todo = [root], [iter(deps[root])]
+        state[root] = "active"
+        while todo:
+            dep = next(todo[-1], None)
+            if dep is None:
+                done = trail.pop()
+                todo.pop()
+                state[done] = "done"
+                order.append(done)
+            elif state.get(dep) == "active":
+                cycle = trail[trail.index(dep):] + [dep]
+                cyclic.update(cycle)
+                builder.error("NL117", own[dep].children[0], f"constant '{dep}' is defined in terms of itself",
+                              "cycle: " + " -> ".join(cycle))
+            elif state.get(dep) is None:
+                state[dep] = "active"
+                trail.append(dep)
+                todo.append(iter(deps[dep]))
     return order, cyclic
 
 
@@ -386,3 +410,14 @@ def _signature(entry: BlockEntry) -> str:
 
 def _key(path: str) -> str:
     return path if path.startswith("<") else os.path.realpath(path)
+
+
+def _shown(path: str) -> str:
+    """A path for messages: relative to the working directory when that is shorter."""
+    if path.startswith("<"):
+        return path
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path
+    return rel if len(rel) < len(path) else path

@@ -17,7 +17,7 @@ from nldsl.plan import plan
 from nldsl.registry import COMPONENTS, lowering
 from nldsl.source import render
 
-RUNNABLE = [n for n in SHRINK if n != "optimizers"]
+RUNNABLE = list(SHRINK)
 
 SMALL = """model m {{ vocab = 256  dim = 16  {body} }}
 train {{ optimizer adamw(lr = 0.01) for all  steps = 4  batch = 2  seq = 16  data = text("builtin:shakespeare") }}
@@ -59,20 +59,37 @@ def test_configs_come_from_the_plan():
     titans = _modules(c.model, SelfModifyingTitans)[0].config
     assert (titans.n_heads, titans.chunk_size, titans.proj_chunk_size, titans.dgd) == (2, 8, 4, True)
     assert (titans.mem_objective, titans.stopgrad, titans.conv_size, titans.qk_norm) == ("self", False, 4, True)
+    assert (titans.momentum, titans.momentum_mode, titans.stopgrad_memories) == (0.9, "learned", ("mem",))
+    assert (titans.proj_heads, titans.proj_hidden_mult) == (1, 4.0), "full-width projection memories (the plan's)"
     cms = _modules(c.model, CMS)[0]
     assert [lv.period for lv in cms.levels] == [8, 32, 128, None]
     assert [lv.lr for lv in cms.levels[2:3]] == [1e-4] and cms.levels[0].objective == "task"
     mem = _modules(build_small("titans").model, NeuralMemory)[0].config
     assert (mem.lr_mode, mem.retention_mode, mem.momentum_mode, mem.chunk_size) == ("data", "data", "data", 8)
     assert mem.lr == pytest.approx(0.01) and mem.objective == "l2" and not mem.dgd
+    assert mem.lr_activation == "sigmoid", "lr = data(sigmoid, scale = 0.01): 0.01 * sigmoid(W x + b)"
+    attn = _modules(build_small("hope_attention").model, CausalSelfAttention)[0]
+    assert attn.q_norm is not None and attn.k_norm is not None and (attn.kv_heads, attn.window) == (attn.n_heads, 0)
+
+
+def test_attention_options_are_lowered():
+    low = _lower_text("component a : attention(heads = 4, kv_heads = 2, window = 8, rope = false, normalize = [k])")
+    attn = _modules(low.model, CausalSelfAttention)[0]
+    assert (attn.n_heads, attn.kv_heads, attn.window, attn.rope, attn.q_norm) == (4, 2, 8, None, None)
+    assert attn.k_norm is not None and low.notes.items == []
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_every_example_runs_as_written(name):
+    assert build_small(name).notes == [], "no NL502: nothing runs approximately"
 
 
 def test_approximations_are_located_warnings():
-    c = build_small("tiny")
-    assert c.notes and all(d.code == "NL502" and d.severity.value == "warning" for d in c.notes)
-    lines = {d.span.line for d in c.notes}
-    assert 18 in lines and 30 in lines  # learned momentum, data-dependent CMS lr
-    assert "tiny.nl:30" in render(c.notes[-2]) or any("tiny.nl:30" in render(d) for d in c.notes)
+    low = _lower_text("norm = layernorm  component c : cms { objective task\n"
+                      "  level f : mlp { update every 4 tokens  optimizer gd(lr = 0.1) } }")
+    assert [d.code for d in low.notes.items] == ["NL502"] and low.notes.items[0].severity.value == "warning"
+    assert "RMSNorm" in low.notes.items[0].message and low.notes.items[0].span.line == 1
+    assert "<string>:1:" in render(low.notes.items[0])
 
 
 def test_every_n_steps_level_gets_its_own_param_group():
@@ -105,20 +122,29 @@ def test_component_of_names_the_spec_component():
 
 
 @pytest.mark.parametrize("body, line_text, code", [
-    ("component a : attention(heads = 2, window = 8)", "sliding-window attention", "NL501"),
-    ("component a : attention(heads = 2, kv_heads = 1)", "grouped-query", "NL501"),
+    ("component c : cms { objective task  level f : mlp(hidden = 8) { update every 4 tokens  optimizer gd }\n"
+     "  level s : mlp(hidden = 16) { update every 8 tokens  optimizer gd }  transfer init s -> f }",
+     "different MLPs", "NL501"),
+    ("component c : cms { objective task  level f : mlp { update every 4 tokens  optimizer gd }\n"
+     "  level s : mlp { update every 6 tokens  optimizer gd }  transfer init s -> f }", "not a multiple", "NL501"),
+    ("component m : neural_memory { update every 4 tokens  objective l2  optimizer gd(retain = data(softplus)) }",
+     "data-dependent retain uses sigmoid", "NL502"),
     ("component m : neural_memory(persistent = 4) { update every 4 tokens  objective l2  optimizer gd }",
      "persistent memory tokens", "NL501"),
     ("component m : neural_memory { update every 4 tokens  objective huber  optimizer gd }", "huber", "NL501"),
     ("component c : cms { objective task  level f : mlp(depth = 3) { update every 4 tokens  optimizer gd } }",
      "residual 2-layer", "NL501"),
-], ids=["window", "gqa", "persistent", "huber", "cms-depth"])
+], ids=["init-widths", "init-periods", "rate-activation", "persistent", "huber", "cms-depth"])
 def test_what_the_runtime_cannot_run_is_a_located_error(body, line_text, code):
-    with pytest.raises(NLError) as info:
-        _lower_text(body)
-    diag = info.value.diagnostics[0]
+    if code == "NL502":
+        diags = _lower_text(body).notes.items
+    else:
+        with pytest.raises(NLError) as info:
+            _lower_text(body)
+        diags = info.value.diagnostics
+    diag = diags[0]
     assert diag.code == code and line_text in diag.message
-    assert diag.span.path == "<string>" and diag.span.line == 1 and diag.span.col > 1
+    assert diag.span.path == "<string>" and diag.span.line in (1, 2) and diag.span.col > 1
 
 
 def test_a_value_the_runtime_rejects_is_located():
@@ -135,18 +161,26 @@ def test_a_registry_miss_lists_the_known_kinds():
     assert all(k in info.value.diagnostics[0].hint for k in COMPONENTS)
 
 
-def test_optimizer_levels_are_refused_with_a_location():
-    with pytest.raises(NLError) as info:
-        build_small("optimizers")
-    diag = info.value.diagnostics[0]
-    assert diag.code == "NL501" and diag.span.path.endswith("optimizers.nl") and diag.span.line == 22
-
-
-def test_nested_cms_chains_levels_along_the_init_transfers():
+def test_nested_cms_follows_the_flow_and_its_init_transfers():
     c = build_small("cms_variants")
     nested = [m for m in _modules(c.model, CMS) if m.variant == "nested"][0]
-    assert [lv.period for lv in nested.levels] == [512, 128, 16]
-    assert any("nested CMS chains" in d.message for d in c.notes)
+    assert [lv.period for lv in nested.levels] == [16, 128, 512]  # data path: the flow, fastest first
+    assert [lv.init_from for lv in nested.levels] == [1, 2, None]  # transfer init slow -> mid -> fast
+    assert [len(b) for b in nested.bases] == [0, 0, 2] and not nested.levels[0].init_stopgrad
+
+
+def test_cms_rates_and_init_transfers_come_from_the_plan():
+    c = build_small("tiny")
+    cms = _modules(c.model, CMS)[0]
+    fast, mid, slow, outer = cms.levels
+    assert (fast.lr_mode, fast.lr_activation, fast.lr) == ("data", "softplus", 0.01)
+    assert (mid.lr_mode, mid.lr, slow.lr_mode) == ("learned", 0.001, "constant")
+    assert (fast.init_from, fast.init_stopgrad, mid.init_from, mid.init_stopgrad) == (1, False, 2, True)
+    assert slow.init_from is None and outer.init_from is None and fast.stopgrad is False
+    owners = {c.component_of(n) for n in c._owners if ".ffn.fn.rates.1." in n}
+    assert owners == {"tiny_hope[0].ffn.mid"}, "a learned lr is a parameter of its level"
+    assert {n.split(".fn.")[1] for n in c._owners if ".ffn.fn.bases" in n} == {"bases.2.w1", "bases.2.w2",
+                                                                             "bases.3.w1", "bases.3.w2"}
 
 
 def test_plan_spans_reach_runtime_failures():

@@ -144,16 +144,36 @@ def test_plan_command_prints_the_golden_text(capsys):
     assert capsys.readouterr().out == (ROOT / "tests" / "golden" / "titans.plan.txt").read_text(encoding="utf-8")
 
 
-def test_plan_command_json_overrides_and_runtime_notes(capsys):
+LAYERNORM_CMS = """model m { vocab = 256  dim = 8  norm = layernorm
+  component c : cms { objective task  level f : mlp { update every 4 tokens  optimizer gd } } }
+train { optimizer adamw  data = text("x") }
+"""
+CMS_WIDTHS = """model m { vocab = 256  dim = 8
+  component c : cms { objective task
+    level f : mlp(hidden = 8) { update every 4 tokens  optimizer gd }
+    level s : mlp(hidden = 16) { update every 8 tokens  optimizer gd }
+    transfer init s -> f } }
+train { optimizer adamw  data = text("x") }
+"""
+
+
+def test_plan_command_json_overrides_and_runtime_notes(capsys, tmp_path):
     assert _cli([str(example("titans")), "--json", "--set", "D=48", "--runtime"]) == 0
-    out = capsys.readouterr().out
-    data = json.loads(out.split("\nruntime notes\n")[0])
-    assert data["model"]["dim"] == 48 and "warning[NL502]" in out
+    data = json.loads(capsys.readouterr().out)  # runs as written: no runtime notes
+    assert data["model"]["dim"] == 48
+    (tmp_path / "ln.nl").write_text(LAYERNORM_CMS, encoding="utf-8")
+    assert _cli([str(tmp_path / "ln.nl"), "--runtime"]) == 0
+    assert "\nruntime notes\n" in (out := capsys.readouterr().out) and "warning[NL502]" in out
 
 
-def test_plan_command_reports_errors_without_a_traceback(capsys):
+def test_plan_command_reports_errors_without_a_traceback(capsys, tmp_path):
     assert _cli([str(example("tiny")), "--set", "D=0"]) == 1
     err = capsys.readouterr().err
     assert "error[NL301]" in err and "Traceback" not in err
-    assert _cli([str(example("optimizers")), "--runtime"]) == 1
-    assert "error[NL501]" in capsys.readouterr().err
+    assert _cli([str(example("optimizers")), "--runtime"]) == 0
+    capsys.readouterr()
+    path = tmp_path / "widths.nl"
+    path.write_text(CMS_WIDTHS, encoding="utf-8")
+    assert _cli([str(path), "--runtime"]) == 1
+    err = capsys.readouterr().err
+    assert "error[NL501]" in err and "widths.nl:5:" in err and "different MLPs" in err

@@ -266,7 +266,8 @@ def delta_case(B=2, T=77, Hd=3, K=16, V=16, seed=0):
 def check_delta_rule(device, use_fla: bool, dtype) -> None:
     case = delta_case()
     leaves = [t.to(device, dtype).requires_grad_() for t in case[:3]]
-    rest = [t.to(device, dtype) for t in case[3:5]] + [case[5].to(device, torch.float32 if use_fla else dtype)]
+    state_dtype = torch.float32 if use_fla else dtype  # fla: fp32 log decays and state, like its own layers
+    rest = [case[3].to(device, state_dtype), case[4].to(device, dtype), case[5].to(device, state_dtype)]
     try:
         o, hT = chunk_gated_delta_rule(*leaves, *rest[:2], initial_state=rest[2], use_fla=use_fla)
     except Exception as exc:  # fla guards some kernels on Hopper with Triton < 3.7.1 (DESIGN.md 6)

@@ -48,8 +48,9 @@ def test_short_conv_is_causal_and_pieces_equal_whole(kernel, bias):
     assert state.shape == (2, kernel - 1, 5)
     assert_rel_close(y, _conv_reference(conv, x), 1e-14, "conv")
     ys, st, t = [], None, 0
-    for n in (1, 2, 1, 5):  # pieces shorter than the window too
+    for n in (1, 2, 0, 1, 5):  # pieces shorter than the window too, and an empty one
         yt, st = conv(x[:, t:t + n], st)
+        assert yt.shape == (2, n, 5) and st.shape == (2, kernel - 1, 5)
         ys.append(yt)
         t += n
     assert_rel_close(torch.cat(ys, 1), y, 1e-14, "pieces")
@@ -79,10 +80,13 @@ def test_rope_offsets_make_pieces_equal_whole_and_scores_relative():
     assert_rel_close(apply_rope(q[:, :, :4], cos, sin), whole[:, :, :4], 1e-15, "apply_rope")
 
 
-def _attention_reference(q, k, v):
+def _attention_reference(q, k, v, window=0):
     Tq, Tk = q.shape[-2], k.shape[-2]
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    allowed = torch.arange(Tk)[None, :] <= torch.arange(Tq)[:, None] + (Tk - Tq)
+    rows = torch.arange(Tq)[:, None] + (Tk - Tq)
+    allowed = torch.arange(Tk)[None, :] <= rows
+    if window:
+        allowed &= torch.arange(Tk)[None, :] > rows - window
     return torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1) @ v
 
 
@@ -94,6 +98,17 @@ def test_causal_attention_with_and_without_cache(tq):
     assert_rel_close(out, _attention_reference(q, k, v)[:, :, 7 - tq:], 1e-12, "attention")
     with pytest.raises(ValueError, match="queries"):
         causal_attention(q, k[:, :, :3], v[:, :, :3])
+
+
+@pytest.mark.parametrize("window", [1, 3, 7])
+@pytest.mark.parametrize("tq", [7, 3, 1], ids=["full", "cached-piece", "decode"])
+def test_sliding_window_equals_masked_full_attention(tq, window):
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 2, 7, 4, dtype=torch.float64) for _ in range(3))
+    out = causal_attention(q[:, :, 7 - tq:], k, v, window=window)
+    assert_rel_close(out, _attention_reference(q, k, v, window)[:, :, 7 - tq:], 1e-12, f"window {window}")
+    if window >= 7:
+        assert_rel_close(out, causal_attention(q[:, :, 7 - tq:], k, v), 1e-12, "a window over everything")
 
 
 @pytest.mark.parametrize("make,match", [

@@ -189,3 +189,28 @@ def test_hope_attention_language_model_trains_in_segments():
     assert lm.emb.weight.grad is not None and torch.isfinite(loss)
     logits, _ = lm(tokens[:, :-1])  # the plain forward never writes task levels: different from adapted
     assert abs(float(ce(logits, tokens[:, 1:]).mean().detach()) - float(loss)) > 1e-6
+
+
+def test_initial_memory_states_of_a_hope_block_get_an_outer_gradient():
+    from nldsl.nn.hope import HopeBlock
+
+    torch.manual_seed(0)
+
+    class HopeLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = HopeBlock(dim=8, n_heads=2, chunk_size=2, proj_chunk_size=2,
+                                   cms_levels=[dict(hidden=8, period=4, lr=0.1)])
+            self.head = nn.Linear(8, OUT)
+
+        def forward(self, x, state=None):
+            y, st = self.block(x, None if state is None else state["block"])
+            return self.head(y), {"block": st}
+
+    lm = HopeLM()
+    x, targets = torch.randn(2, 8, 8), torch.randn(2, 8, OUT)
+    train_segments(lm, x, targets, token_loss)  # the state starts from the meta-learned initial memories
+    inits = {n: p for n, p in lm.named_parameters() if "_init" in n}
+    assert inits, "the HOPE block's memories have meta-learned initial weights"
+    for name, p in inits.items():
+        assert p.grad is not None and p.grad.abs().max() > 0, f"{name} gets no outer gradient"

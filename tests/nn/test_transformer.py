@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from nldsl.nn import HopeAttentionBlock, TransformerBlock
 from nldsl.nn.state import detach_state
-from nldsl.nn.transformer import swiglu_hidden
+from nldsl.nn.transformer import CausalSelfAttention, swiglu_hidden
 from nldsl.testing import assert_rel_close
 
 DIM, HEADS = 8, 2
@@ -29,6 +29,19 @@ def _hope(seed=0) -> HopeAttentionBlock:
     return HopeAttentionBlock(dim=DIM, n_heads=HEADS, cms_levels=levels).double()
 
 
+def _rotate(u):
+    """RoPE from the formula: (B, H, T, Dh), pairs (i, i + Dh/2) rotated by angle t * base^(-2i/Dh)."""
+    T, Dh = u.shape[-2], u.shape[-1]
+    out = u.clone()
+    for t in range(T):
+        for i in range(Dh // 2):
+            ang = t * 10000.0 ** (-2 * i / Dh)
+            c, s = math.cos(ang), math.sin(ang)
+            a, b = u[:, :, t, i], u[:, :, t, i + Dh // 2]
+            out[:, :, t, i], out[:, :, t, i + Dh // 2] = a * c - b * s, b * c + a * s
+    return out
+
+
 def _reference_block(block: TransformerBlock, x: torch.Tensor) -> torch.Tensor:
     """Pre-norm attention + SwiGLU from the formulas, float64, explicit rotation matrices and mask."""
     B, T, D = x.shape
@@ -37,20 +50,10 @@ def _reference_block(block: TransformerBlock, x: torch.Tensor) -> torch.Tensor:
     def norm(u, w):
         return u / torch.sqrt(u.pow(2).mean(-1, keepdim=True) + eps) * w
 
-    def rotate(u):  # (B, H, T, Dh), pairs (i, i + Dh/2) rotated by angle t * base^(-2i/Dh)
-        out = u.clone()
-        for t in range(T):
-            for i in range(Dh // 2):
-                ang = t * 10000.0 ** (-2 * i / Dh)
-                c, s = math.cos(ang), math.sin(ang)
-                a, b = u[:, :, t, i], u[:, :, t, i + Dh // 2]
-                out[:, :, t, i], out[:, :, t, i + Dh // 2] = a * c - b * s, b * c + a * s
-        return out
-
     h = norm(x, block.norm1.weight)
     q, k, v = (h @ w.T for w in block.attn.qkv.weight.chunk(3, 0))
     q, k, v = (u.view(B, T, HEADS, Dh).transpose(1, 2) for u in (q, k, v))
-    scores = rotate(q) @ rotate(k).transpose(-1, -2) / math.sqrt(Dh)
+    scores = _rotate(q) @ _rotate(k).transpose(-1, -2) / math.sqrt(Dh)
     scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
     a = (torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(B, T, D) @ block.attn.out.weight.T
     h = x + a
@@ -158,3 +161,78 @@ def test_compiles_without_graph_breaks(make):
     y2, _ = compiled(x[:, :3], st)
     assert_rel_close(y2, block(x[:, :3], st)[0], 1e-5, "with a cache")
     y2.sum().backward()
+
+
+# ---------------------------------------------------------------------------- attention options
+ATTN = {"gqa": dict(n_heads=4, kv_heads=2), "mqa": dict(n_heads=4, kv_heads=1), "window": dict(window=3),
+        "qk-norm": dict(q_norm=True, k_norm=True), "k-norm": dict(k_norm=True), "no-rope": dict(rope=False),
+        "all": dict(n_heads=4, kv_heads=2, window=4, q_norm=True, k_norm=True)}
+
+
+def _attn(opts: dict) -> CausalSelfAttention:
+    torch.manual_seed(0)
+    attn = CausalSelfAttention.Config(**{"dim": DIM, "n_heads": HEADS, **opts}).build().double()
+    with torch.no_grad():
+        for norm in (attn.q_norm, attn.k_norm):
+            if norm is not None:
+                norm.weight.uniform_(0.5, 1.5)
+    return attn
+
+
+def _reference_attention(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """GQA, window, qk-norm, RoPE from the formulas (float64, explicit mask and repeated kv heads)."""
+    B, T, D = x.shape
+    H, G, Dh = attn.n_heads, attn.kv_heads, D // attn.n_heads
+    q, k, v = (x @ w.T for w in attn.qkv.weight.split([D, G * Dh, G * Dh], 0))
+    q = q.view(B, T, H, Dh).transpose(1, 2)
+    k, v = (u.view(B, T, G, Dh).transpose(1, 2).repeat_interleave(H // G, 1) for u in (k, v))
+    for u, norm in ((q, attn.q_norm), (k, attn.k_norm)):
+        if norm is not None:  # l2-normalise, times sqrt(Dh) and the learned gain (RMSNorm, its eps)
+            u.copy_(u / torch.sqrt(u.pow(2).sum(-1, keepdim=True) / Dh + norm.eps) * norm.weight)
+    if attn.rope is not None:
+        q, k = _rotate(q), _rotate(k)
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    allowed = (j <= i) & ((j > i - attn.window) if attn.window else True)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(Dh)).masked_fill(~allowed, float("-inf"))
+    return (torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(B, T, D) @ attn.out.weight.T
+
+
+@pytest.mark.parametrize("name", list(ATTN))
+def test_attention_options_match_the_reference_and_pieces_equal_whole(name):
+    attn = _attn(ATTN[name])
+    x = torch.randn(2, 11, DIM, dtype=torch.float64)
+    y, whole = attn(x)
+    assert_rel_close(y, _reference_attention(attn, x), 1e-12, name)
+    for splits in ([4, 7], [1] * 11, [2, 0, 5, 4]):  # with a KV cache, decoding, an empty piece
+        ys, st, t = [], attn.init_state(2), 0
+        for n in splits:
+            yt, st = attn(x[:, t:t + n], st)
+            ys.append(yt)
+            t += n
+        assert_rel_close(torch.cat(ys, 1), y, 1e-12, f"pieces {splits}")
+    cached = whole["k"].shape[2]
+    assert whole["k"].shape[1] == attn.kv_heads and whole["pos"] == 11
+    assert cached == (min(11, attn.window - 1) if attn.window else 11), "a window keeps window - 1 positions"
+
+
+def test_gqa_equals_multi_head_attention_with_repeated_kv_weights():
+    gqa = _attn(ATTN["gqa"])
+    mha = CausalSelfAttention(DIM, 4).double()
+    q, k, v = gqa.qkv.weight.split([DIM, DIM // 2, DIM // 2], 0)
+    Dh = DIM // 4
+    rep = lambda w: w.view(2, Dh, DIM).repeat_interleave(2, 0).reshape(DIM, DIM)  # noqa: E731
+    with torch.no_grad():
+        mha.qkv.weight.copy_(torch.cat([q, rep(k), rep(v)]))
+        mha.out.weight.copy_(gqa.out.weight)
+    x = torch.randn(2, 6, DIM, dtype=torch.float64)
+    assert_rel_close(gqa(x)[0], mha(x)[0], 1e-13, "gqa == mha with shared kv heads")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(n_heads=4, kv_heads=3), "multiple of kv_heads"), (dict(kv_heads=0), "kv_heads"),
+    (dict(window=-1), "window"), (dict(dim=6, n_heads=2), "even")], ids=["gqa", "zero-kv", "window", "odd-rope"])
+def test_bad_attention_options_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CausalSelfAttention.Config(**{"dim": DIM, "n_heads": HEADS, **kwargs}).build()
+    if "dim" in kwargs:  # without RoPE an odd head width is fine
+        CausalSelfAttention.Config(**{"dim": DIM, "n_heads": HEADS, **kwargs, "rope": False}).build()

@@ -70,6 +70,21 @@ def test_scale_invariant_and_zero_safe():
     assert torch.equal(newton_schulz(torch.zeros(3, 4)), torch.zeros(3, 4))
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e-12, 1e-6, 1e6, 1e20, 1e30], ids=lambda s: f"{s:.0e}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_any_norm_is_orthogonalised(scale, dtype):
+    """Tiny norms are not shrunk by eps, huge ones do not overflow the fp32 norm into zeros."""
+    G = torch.randn(2, 6, 9, generator=torch.Generator().manual_seed(7))
+    out = newton_schulz((G.double() * scale).to(dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert_rel_close(out.double(), newton_schulz(G.to(dtype)).double(), 1e-2 if dtype == torch.bfloat16 else 1e-5,
+                     f"NS({scale:.0e} G)")
+
+
+def test_empty_matrix():
+    assert newton_schulz(torch.zeros(0, 3)).shape == (0, 3)
+
+
 def test_bf16_input_runs_in_fp32_on_cpu():
     G = torch.randn(16, 24, generator=torch.Generator().manual_seed(5))
     out = newton_schulz(G.bfloat16())
