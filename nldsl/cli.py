@@ -117,106 +117,16 @@ def _color(stream) -> bool:
 
 
 def print_diagnostics(diags, stream=None, sources=None) -> None:
-    """Render diagnostics (source line, caret, hint), one blank line apart; each file is read once."""
+    """Render diagnostics (source line, caret, hint), one blank line apart (``nldsl.diagnostics``)."""
+    from nldsl.diagnostics import print_diagnostics as _print
+
     stream = stream or sys.stdout
-    color = _color(stream)
-    lines = _SourceLines(sources)
-    for diag in diags:
-        text = render_diagnostic(diag, lines(diag.span.path))
-        if color:
-            shade = {"error": "\033[1;31m", "warning": "\033[1;33m", "note": "\033[1;36m"}[diag.severity.value]
-            head, _, rest = text.partition("\n")
-            word = f"{diag.severity.value}[{diag.code}]"
-            text = head.replace(word, f"{shade}{word}\033[0m", 1) + ("\n" + rest if rest else "")
-        print(text, file=stream)
-        print(file=stream)
-
-
-class _SourceLines:
-    """The lines of each file diagnostics point into, counted as the parser counts them (at ``\\n``)."""
-
-    def __init__(self, sources=None):
-        self.sources = dict(sources or {})
-        self.cache: dict[str, list[str] | None] = {}
-
-    def __call__(self, path: str) -> list[str] | None:
-        if path not in self.cache:
-            from nldsl.source import Source
-            from nldsl.syntax import source_text
-
-            source = self.sources.get(path)
-            try:
-                source = source if source is not None else None if path.startswith("<") else Source.from_path(path)
-            except (OSError, ValueError):
-                source = None
-            self.cache[path] = None if source is None else source_text(source.text).split("\n")
-        return self.cache[path]
-
-
-LINE_WIDTH = 160
-"""Longer source lines are shown as a window around the span."""
-
-
-def render_diagnostic(diag, lines: list[str] | None = None) -> str:
-    """``nldsl.source.render`` with the source line made safe to print: tabs and control characters
-    shown one column wide, wide (CJK, emoji) characters counted as two columns under the caret, and
-    a long line cut to a window around the span."""
-    span = diag.span
-    head = f"{span}: {diag.severity.value}[{diag.code}]: {_one_line(diag.message)}"
-    text = lines[span.line - 1] if lines is not None and 1 <= span.line <= len(lines) else None
-    if text is None:
-        return head + (f"\n  = hint: {_one_line(diag.hint)}" if diag.hint else "")
-    start, end = span.col - 1, (span.end_col - 1 if span.end_line == span.line else len(text))
-    shown, pad, width = _window(text, start, max(end, start + 1))
-    gutter = " " * len(str(span.line))
-    out = [head, f"{gutter} |", f"{span.line} | {shown}", f"{gutter} | {' ' * pad}{'^' * max(1, width)}"]
-    if diag.hint:
-        out.append(f"{gutter} = hint: {_one_line(diag.hint)}")
-    return "\n".join(out)
-
-
-def _window(text: str, start: int, end: int) -> tuple[str, int, int]:
-    """``(line shown, caret offset, caret width)`` in terminal columns."""
-    cells = [_cell(c) for c in text.rstrip("\r")]
-    lo, hi, prefix = 0, len(cells), ""
-    if sum(w for _, w in cells) > LINE_WIDTH:
-        lo = max(0, min(start - LINE_WIDTH // 3, len(cells) - LINE_WIDTH))
-        hi = min(len(cells), max(lo + LINE_WIDTH, min(end, lo + 2 * LINE_WIDTH)))
-        prefix = "…" if lo else ""
-    visible = cells[lo:hi]
-    shown = prefix + "".join(c for c, _ in visible) + ("…" if hi < len(cells) else "")
-    pad = len(prefix) + sum(w for _, w in cells[lo:max(lo, start)])
-    width = sum(w for _, w in cells[max(lo, start):min(hi, end)])
-    if start >= len(cells):  # the span is the end of the line (or past it)
-        pad, width = len(prefix) + sum(w for _, w in visible) + max(0, start - len(cells)), 1
-    return shown, pad, width
-
-
-def _cell(char: str) -> tuple[str, int]:
-    """A character as printed and its width: tab -> one space, control -> U+FFFD, CJK -> 2, combining -> 0."""
-    import unicodedata
-
-    if char == "\t":
-        return " ", 1
-    category = unicodedata.category(char)
-    if category in ("Cc", "Cs", "Zl", "Zp") or (category == "Cf" and char != "\u200d"):
-        return "\ufffd", 1
-    if unicodedata.combining(char) or category in ("Mn", "Me"):
-        return char, 0
-    return char, 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
-
-
-def _one_line(text: str) -> str:
-    """Messages quote user text (strings may hold newlines): keep the header on one line."""
-    return "".join(_ESCAPES.get(c, c) if ord(c) < 32 or c in "\x7f\u2028\u2029" else c for c in text)
-
-
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": "\\0"}
+    _print(diags, stream, sources, color=_color(stream))
 
 
 def load_checked(path: str, stream=None):
     """Load and check one file for the drawing commands: ``(graph, diagnostics)``, graph ``None`` on errors."""
-    from nldsl.checks import check
+    from nldsl.checks import check, with_partial_checks
     from nldsl.errors import NLError
     from nldsl.graph import build_graph
     from nldsl.spec import load
@@ -224,7 +134,7 @@ def load_checked(path: str, stream=None):
     try:
         spec = load(Path(path))
     except NLError as err:
-        return None, err.diagnostics
+        return None, with_partial_checks(err)
     graph = build_graph(spec)
     diags = check(graph)
     return (None if any(d.is_error for d in diags) else graph), diags
@@ -286,17 +196,29 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 @command("ladder", "draw the frequency ladder: which level updates when, for the first N tokens",
          _FILE, arg("-o", "--output", metavar="OUT", required=True, help="out.png, out.svg or out.pdf"),
-         arg("--tokens", type=int, metavar="N", help="tokens to show (default: enough for the slowest level)"))
+         arg("--tokens", type=int, metavar="N", help="tokens to show (default: enough for the slowest level)"),
+         arg("--steps", type=int, metavar="N", help="outer steps to show instead (N x seq x accumulate tokens)"))
 def cmd_ladder(args: argparse.Namespace) -> int:
-    from nldsl.viz import render_ladder
+    from nldsl.viz import MAX_LADDER_TOKENS, render_ladder
 
-    if args.tokens is not None and not 1 <= args.tokens <= 10**6:
-        print("nldsl ladder: --tokens must be between 1 and 1000000", file=sys.stderr)
+    if args.tokens is not None and args.steps is not None:
+        print("nldsl ladder: give --tokens or --steps, not both", file=sys.stderr)
         return EXIT_USAGE
+    for flag, value in (("--tokens", args.tokens), ("--steps", args.steps)):
+        if value is not None and not 1 <= value <= MAX_LADDER_TOKENS:
+            print(f"nldsl ladder: {flag} must be between 1 and {MAX_LADDER_TOKENS}", file=sys.stderr)
+            return EXIT_USAGE
     graph = _graph_or_fail(args)
     if graph is None:
         return EXIT_ERRORS
-    return _write(lambda: render_ladder(graph, args.output, args.tokens), args.output)
+    tokens = args.tokens
+    if args.steps is not None:
+        tokens = args.steps * max(1, graph.train_int("seq") or 1) * max(1, graph.train_int("accumulate") or 1)
+        if tokens > MAX_LADDER_TOKENS:
+            print(f"nldsl ladder: {args.steps} steps are {tokens} tokens, more than the {MAX_LADDER_TOKENS} a "
+                  f"ladder shows", file=sys.stderr)
+            return EXIT_USAGE
+    return _write(lambda: render_ladder(graph, args.output, tokens), args.output)
 
 
 def _write(make: Callable[[], Path], out: str) -> int:
@@ -350,22 +272,25 @@ def _fmt_summary(results: list[str], check_only: bool) -> str:
     return ", ".join(parts)
 
 
+def _read_stdin() -> str:
+    """Standard input as UTF-8 (invalid bytes become U+FFFD, reported as NL104 like a binary file)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    return buffer.read().decode("utf-8", errors="replace") if buffer is not None else sys.stdin.read()
+
+
 def _fmt_one(path: str, check_only: bool) -> str:
     """Format one file: ``same``, ``done``, ``would`` (``--check``) or ``error``."""
     from nldsl.errors import NLError
     from nldsl.fmt import fmt
     from nldsl.source import Source
+    from nldsl.spec.resolve import read_source
 
+    source = None
     try:
-        source = Source(path="<stdin>", text=sys.stdin.read()) if path == "-" else Source.from_path(path)
-    except (OSError, ValueError) as err:
-        reason = getattr(err, "strerror", None) or str(err)
-        print(f"nldsl fmt: cannot read '{path}': {reason}", file=sys.stderr)
-        return "error"
-    try:
+        source = Source(path="<stdin>", text=_read_stdin()) if path == "-" else read_source(path)
         text = fmt(source)
     except NLError as err:
-        print_diagnostics(err.diagnostics, sys.stderr, {source.path: source})
+        print_diagnostics(err.diagnostics, sys.stderr, {source.path: source} if source is not None else None)
         return "error"
     if path == "-" and not check_only:
         sys.stdout.write(text)

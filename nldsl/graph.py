@@ -361,7 +361,8 @@ def _model_end(graph: LevelGraph, name: str) -> tuple[str, ...] | None:
 
 def _implicit_flow(graph: LevelGraph, model: m.Model) -> None:
     """Without a model-level ``flow``: embed -> components and stacks in written order -> norm -> head."""
-    items = [(c.span.line, c.span.col, (c.name,)) for c in model.components]
+    first = {c.name: c for c in reversed(model.components)}  # a repeated name (NL113) is its first component
+    items = [(c.span.line, c.span.col, (c.name,)) for c in model.components if first[c.name] is c]
     items += [(s.span.line, s.span.col, (p,)) for p, s in graph.stacks.items()]
     chain = [(graph.implicit["embed"],)] if "embed" in graph.implicit else []
     chain += [paths for *_, paths in sorted(items)]

@@ -6,17 +6,17 @@ w's gradient stream; ``transfer generate m -> w (what = updates)`` makes its rea
 buffers is recognised as the optimizer it spells out and lowered to that runtime optimizer over the
 tensors of ``w`` (one outer optimizer per target component, stepping every outer step):
 
-======================================================================  ==================================
-buffers (``gd(lr = η, retain = β)``, ``init zeros``)                    runtime optimizer
-======================================================================  ==================================
-m: dot, identity                                                        ``torch.optim.SGD(lr=η, momentum=β)``
-m: dot, ``output = newton_schulz``                                      ``Muon(lr=η, momentum=β, nesterov=False)``
-m: ``l2(target = gradient)``, ``elementwise = false``                   ``DeltaMomentum(lr=η, beta=β, delta=η)``
-m: dot, ``depth = 2`` (identity or newton_schulz)                       ``DeepMomentum(lr=η, beta=β, nonlinearity)``
-m: dot, identity + v: ``l2(target = gradient_scale)``, rsqrt            ``AdamMemory(form="ema", lr=η_m, betas=(β_m, β_v))``
-fast (every step) + slow (every f steps): dot, newton_schulz + v        ``M3(lr=η_fast, betas=(β_fast, β_v, β_slow),
-                                                                        alpha=η_slow/η_fast, slow_every=f)``
-======================================================================  ==================================
+============================================================  ================================================
+buffers (``gd(lr = η, retain = β)``, ``init zeros``)          runtime optimizer
+============================================================  ================================================
+m: dot, identity                                              ``torch.optim.SGD(lr=η, momentum=β)``
+m: dot, ``output = newton_schulz``                            ``Muon(lr=η, momentum=β, nesterov=False)``
+m: ``l2(target = gradient)``, ``elementwise = false``         ``DeltaMomentum(lr=η, beta=β, delta=η)``
+m: dot, ``depth = 2`` (identity or newton_schulz)             ``DeepMomentum(lr=η, beta=β, nonlinearity)``
+m: dot, identity + v: ``l2(target = gradient_scale)``, rsqrt  ``AdamMemory(form="ema", lr=η_m, betas=(β_m, β_v))``
+fast (every step) + slow (every f steps): dot, NS + v         ``M3(lr=η_fast, betas=(β_fast, β_v, β_slow),
+                                                              alpha=η_slow/η_fast, slow_every=f)``
+============================================================  ================================================
 
 Semantics. A buffer's memory holds w's gradients summed with retention, ``B <- β B + g`` (the momentum in
 gradient units; ``m = -η B`` is the dot-objective GD of NL Eq. 7-10, ``m <- β m - η g``), and its ``lr`` is the

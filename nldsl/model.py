@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nldsl.nn.layers import ShortConv, check_positive_int
-from nldsl.nn.neural_memory import NeuralMemory
 
 ACT = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu, "tanh": torch.tanh, "identity": lambda x: x}
 
@@ -76,42 +75,6 @@ class StatefulConv(nn.Module):
             return x, {"conv": empty if state is None else state["conv"]}
         y, tail = self.conv(x, None if state is None else state["conv"])
         return y, {"conv": tail}
-
-
-class SigmoidRate(nn.Module):
-    """``eta_t = scale * sigmoid(W x_t + b)`` per head (a data-dependent lr written ``data(sigmoid, scale = s)``):
-    bounded by ``scale``, starting near ``scale / 2`` (W ~ N(0, 0.02^2), b = 0)."""
-
-    def __init__(self, scale: float, dim: int, heads: int):
-        super().__init__()
-        self.scale = float(scale)
-        self.proj = nn.Linear(dim, heads)
-        nn.init.normal_(self.proj.weight, std=0.02)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, x: Tensor, dtype: torch.dtype, log: bool = False) -> Tensor:
-        """``x`` (B, T, D) -> (B, H, T) in ``dtype``, like ``nldsl.nn.neural_memory.Rate``."""
-        return self.scale * torch.sigmoid(self.proj(x).to(dtype).transpose(1, 2))
-
-
-class RateMemory(NeuralMemory):
-    """``NeuralMemory`` whose data-dependent inner lr may go through a scaled sigmoid instead of softplus
-    (the Titans paper's choice, ``optimizer momentum(lr = data(sigmoid, scale = s))``)."""
-
-    @dataclass(kw_only=True)
-    class Config(NeuralMemory.Config):
-        lr_activation: str = "softplus"
-        """``softplus`` (NeuralMemory's own rate) or ``sigmoid`` (``lr * sigmoid(W x + b)``, data mode)."""
-
-        def build(self) -> "RateMemory":
-            return RateMemory(self)
-
-    def __init__(self, config: "RateMemory.Config"):
-        super().__init__(config)
-        if config.lr_activation not in ("softplus", "sigmoid"):
-            raise ValueError(f"RateMemory lr_activation must be softplus or sigmoid, got {config.lr_activation!r}")
-        if config.lr_activation == "sigmoid" and config.lr_mode == "data":
-            self.lr_rate = SigmoidRate(config.lr, config.dim, config.n_heads)
 
 
 class Sublayer(nn.Module):

@@ -15,7 +15,7 @@ catalog kind               runtime                                              
 ``linear`` (component)     ``torch.nn.Linear``                                        pre-norm residual
 ``conv``                   ``nldsl.nn.layers.ShortConv`` (state adapter)              pre-norm residual
 ``norm``                   ``nldsl.nn.layers.RMSNorm`` / ``torch.nn.LayerNorm``       plain
-``neural_memory``          ``nldsl.model.RateMemory`` (a ``NeuralMemory``)            pre-norm residual
+``neural_memory``          ``nldsl.nn.neural_memory.NeuralMemory``                    pre-norm residual
 ``self_modifying_titans``  ``nldsl.nn.self_modifying.SelfModifyingTitans``            pre-norm residual
 ``cms``                    ``nldsl.nn.cms.CMS`` (levels: ``CMSLevel``)                own residual
 ``embedding`` / ``head``   ``torch.nn.Embedding`` (``Linear`` for classify) / ``Linear``  model ends
@@ -31,6 +31,7 @@ from torch import nn
 from nldsl.lower_errors import LowerError, Notes
 from nldsl.nn.cms import CMS, CMSLevel
 from nldsl.nn.layers import RMSNorm, ShortConv, SwiGLU
+from nldsl.nn.neural_memory import NeuralMemory
 from nldsl.nn.self_modifying import SelfModifyingTitans
 from nldsl.nn.transformer import CausalSelfAttention
 from nldsl.plan import ComponentPlan, Hyper, Plan
@@ -121,7 +122,7 @@ def rate(h: Hyper, ctx: Ctx, span) -> tuple[float, str]:
         raise LowerError(span, f"{h.name} = memory({h.source}) needs a self-modifying component",
                          "use a number, learned(x) or data(...)")
     if h.form == "data":
-        if h.name == "lr" and h.activation == "sigmoid":  # RateMemory: scale * sigmoid(W x + b)
+        if h.name == "lr" and h.activation == "sigmoid":  # bounded: scale * sigmoid(W x + b)
             return h.value, "data"
         if h.activation != RUNTIME_ACT[h.name]:
             ctx.notes.warn(h.span or span, f"the runtime's data-dependent {h.name} uses {RUNTIME_ACT[h.name]}, "
@@ -148,10 +149,10 @@ def neural_memory(c: ComponentPlan, ctx: Ctx) -> nn.Module:
     if r.context != "tokens" or r.init != "meta":
         raise LowerError(r.span or c.span, f"the runtime's neural memory runs on tokens with init meta "
                          f"(got context {r.context}, init {r.init})", "remove the context / init statement")
-    objective = {"l2": "l2", "dot": "dot"}.get(r.objective)
-    if objective is None or dict(r.objective_args).get("target") != "value":
-        raise LowerError(r.span or c.span, f"the runtime's neural memory optimizes l2 or dot with target = "
-                         f"value, not {r.render().split('  ')[0]}", "use objective l2")
+    objective, args = r.objective, dict(r.objective_args)
+    if objective not in ("l2", "dot", "huber", "lp") or args.get("target") != "value":
+        raise LowerError(r.span or c.span, f"the runtime's neural memory optimizes l2, dot, huber or lp with "
+                         f"target = value, not {r.render().split('  ')[0]}", "use objective l2")
     if r.optimizer not in ("gd", "momentum", "dgd"):
         raise LowerError(r.span or c.span, f"the runtime's neural memory has no {r.optimizer} inner optimizer",
                          "use gd, momentum or dgd")
@@ -160,14 +161,14 @@ def neural_memory(c: ComponentPlan, ctx: Ctx) -> nn.Module:
     ret, ret_mode = rate(r.hyper("retain"), ctx, c.span)
     beta = r.hyper("beta") or r.hyper("momentum")
     mom, mom_mode = rate(beta, ctx, c.span) if beta is not None else (0.0, "constant")
-    from nldsl.model import RateMemory
-
     sigmoid_lr = r.hyper("lr").form == "data" and r.hyper("lr").activation == "sigmoid"
-    return RateMemory.Config(
+    return NeuralMemory.Config(
         dim=ctx.dim, n_heads=heads, depth=c.get("depth"), hidden_mult=c.get("hidden") / (ctx.dim // heads),
-        lr_activation="sigmoid" if sigmoid_lr else "softplus", objective=objective, dgd=r.optimizer == "dgd", lr=lr, lr_mode=lr_mode, retention=ret,
-        retention_mode=ret_mode, momentum=mom, momentum_mode=mom_mode, chunk_size=c.period.every,
-        stopgrad=r.grad == "stopgrad", qk_norm=normalized_qk(c), conv_size=c.get("conv"),
+        lr_activation="sigmoid" if sigmoid_lr else "softplus", objective=objective,
+        huber_delta=args.get("delta", 1.0), lp_power=args.get("p", 3.0), dgd=r.optimizer == "dgd",
+        lr=lr / 2 if sigmoid_lr else lr, lr_mode=lr_mode, retention=ret, retention_mode=ret_mode, momentum=mom,
+        momentum_mode=mom_mode,
+        chunk_size=c.period.every, stopgrad=r.grad == "stopgrad", qk_norm=normalized_qk(c), conv_size=c.get("conv"),
         qkv_activation="silu", output_norm=bool(c.get("gate")), output_gate=bool(c.get("gate"))).build()
 
 
@@ -184,39 +185,35 @@ def _same(values: dict[str, object], what: str, span, hint: str):
 def self_modifying(c: ComponentPlan, ctx: Ctx) -> nn.Module:
     kids = _memories(c, ctx)
     mems, mem = list(kids.values()), kids["mem"]
-    bank = [n for n in kids if n != "mem"]
+    bank = [kids[n] for n in kids if n != "mem"]
     rule = c.rule
-    inner = _same({k.name: k.rule.optimizer for k in mems}, "inner optimizer", c.span, "use one optimizer")
-    if inner not in ("dgd", "gd", "momentum"):
-        raise LowerError(rule.span or c.span, f"the runtime's memories learn with dgd, gd or momentum, not {inner}")
+    hint = "k, v, eta and alpha share one (mem may have its own)"
+    inner = _same({k.name: k.rule.optimizer for k in bank}, "inner optimizer", c.span, hint)
+    for opt in (inner, mem.rule.optimizer):
+        if opt not in ("dgd", "gd", "momentum"):
+            raise LowerError(rule.span or c.span, f"the runtime's memories learn with dgd, gd or momentum, not {opt}")
     _check_rates(c)
-    momentum, momentum_mode = _momentum(rule.hyper("momentum") or rule.hyper("beta"), rule.span or c.span)
+    beta = rule.hyper("momentum") or rule.hyper("beta")
+    if beta is not None and beta.form == "memory":
+        raise LowerError(beta.span or rule.span or c.span, f"the self-modifying Titans takes {beta.name} as a "
+                         "number, learned(x) or data(sigmoid, ...), not from a memory")
+    momentum, momentum_mode = rate(beta, ctx, rule.span or c.span) if beta is not None else (0.0, "constant")
     cut = tuple(k.name for k in mems if k.rule.grad == "stopgrad")
     return SelfModifyingTitans.Config(
         dim=ctx.dim, n_heads=c.get("heads"), proj_heads=1,
-        depth=_same({k.name: _depth(k) for k in mems}, "depth", c.span, "give every memory the same depth"),
-        activation=_same({k.name: k.get("activation") for k in mems}, "activation", c.span, "use one activation"),
-        hidden_mult=mem.get("hidden") / (ctx.dim // c.get("heads")),
-        proj_hidden_mult=_same({n: kids[n].get("hidden") for n in bank}, "hidden width", c.span,
-                               "use one hidden width") / ctx.dim,
+        depth=_depth(mem), proj_depth=_same({k.name: _depth(k) for k in bank}, "depth", c.span, hint),
+        activation=mem.get("activation") or "silu",  # a linear memory has no activation
+        proj_activation=_same({k.name: k.get("activation") for k in bank}, "activation", c.span, hint) or "silu",
+        hidden_mult=(mem.get("hidden") or ctx.dim // c.get("heads")) / (ctx.dim // c.get("heads")),
+        proj_hidden_mult=(_same({k.name: k.get("hidden") for k in bank}, "hidden width", c.span, hint)
+                          or ctx.dim) / ctx.dim,  # a linear memory (depth 1) has no hidden layer
         chunk_size=mem.period.every,
-        proj_chunk_size=_same({n: kids[n].period.every for n in bank}, "chunk", c.span,
-                              "k, v, eta and alpha share one period (mem may have its own)"),
+        proj_chunk_size=_same({k.name: k.period.every for k in bank}, "chunk", c.span, hint),
         mem_objective="self" if dict(mem.rule.objective_args).get("target") == "self" else "l2",
-        dgd=inner == "dgd", momentum=momentum, momentum_mode=momentum_mode,
+        dgd=mem.rule.optimizer == "dgd", proj_dgd=inner == "dgd", momentum=momentum, momentum_mode=momentum_mode,
         adaptive_q=c.get("q") == "adaptive", conv_size=c.get("conv"), qk_norm=normalized_qk(c),
         stopgrad=len(cut) == len(mems), stopgrad_memories=() if len(cut) == len(mems) else cut,
         output_norm=bool(c.get("gate")), output_gate=bool(c.get("gate"))).build()
-
-
-def _momentum(h: Hyper | None, span) -> tuple[float, str]:
-    """The memories' momentum: none, a constant, or a learned scalar per memory head."""
-    if h is None:
-        return 0.0, "constant"
-    if h.form not in ("const", "learned"):
-        raise LowerError(h.span or span, f"the self-modifying Titans takes {h.name} as a number or learned(x), "
-                         f"not {h.render()}", "write momentum = 0.9 or momentum = learned(0.9)")
-    return h.value, "constant" if h.form == "const" else "learned"
 
 
 def _memories(c: ComponentPlan, ctx: Ctx) -> dict[str, ComponentPlan]:

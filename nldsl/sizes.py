@@ -27,12 +27,22 @@ from nldsl.graph import LevelGraph
 from nldsl.spec import model as m
 
 
+_LARGEST = 2**31 - 1
+"""Sizes beyond the checks' limit (NL307) count as not given, like zero, negative or non-whole ones."""
+
+
 def _int(value: m.Value | None, default: int | None) -> int | None:
+    """A positive whole size as written, else ``default`` (a spec with errors can still be drawn)."""
     if isinstance(value, m.Number) and not isinstance(value.value, bool):
         x = value.value
         if isinstance(x, int) or (isinstance(x, float) and x == x and abs(x) < 2**53 and float(x).is_integer()):
-            return int(x) if int(x) > 0 else None
+            return int(x) if 0 < int(x) <= _LARGEST else default
     return default
+
+
+def _model(graph: LevelGraph, name: str) -> int | None:
+    """A model setting as a size (``None`` when absent or not a valid size)."""
+    return _int(graph.spec.model.get(name), None) if graph.spec.model is not None else None
 
 
 def _mlp(d: int, hidden: int, depth: int) -> int:
@@ -40,7 +50,7 @@ def _mlp(d: int, hidden: int, depth: int) -> int:
 
 
 def _vocab(graph: LevelGraph) -> int | None:
-    vocab = graph.model_int("vocab")
+    vocab = _model(graph, "vocab")
     if vocab is not None:
         return vocab
     tok = graph.spec.train.get("tokenizer") if graph.spec.train else None
@@ -63,7 +73,7 @@ def component_dim(graph: LevelGraph, path: str) -> tuple[int | None, int]:
         return own, 1
     parent = graph.parent(path)
     if parent is None:
-        return graph.model_int("dim"), 1
+        return _model(graph, "dim"), 1
     pdim, _ = component_dim(graph, parent)
     heads = _int(graph.component(parent).get("heads"), 1) or 1
     if pdim and heads > 1 and pdim % heads == 0:
@@ -87,14 +97,14 @@ def _buffer(graph, path, comp, d):
 
 
 def _embedding(graph, path, comp, d):
-    rows = graph.model_int("inputs") if _task(graph) == "classify" else _int(comp.get("vocab"), _vocab(graph))
+    rows = _model(graph, "inputs") if _task(graph) == "classify" else _int(comp.get("vocab"), _vocab(graph))
     return (rows or 0) * d
 
 
 def _head(graph, path, comp, d):
     tied = comp.get("tied") or (graph.spec.model.get("tie_embeddings") if graph.spec.model else None)
     if _task(graph) == "classify":
-        return d * (graph.model_int("classes") or 0)
+        return d * (_model(graph, "classes") or 0)
     return 0 if isinstance(tied, m.Bool) and tied.value else d * (_vocab(graph) or 0)
 
 
@@ -163,6 +173,9 @@ def human(n: int | None) -> str:
     """``1234567`` -> ``1.23M`` (``?`` for unknown)."""
     if n is None:
         return "?"
+    if n >= 10**15:  # beyond any real model (a spec with errors): exact digits, no float overflow
+        digits = str(int(n))
+        return f"{digits[0]}.{digits[1:3]}e{len(digits) - 1}"
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= size:
             return f"{n / size:.3g}{unit}"

@@ -105,7 +105,8 @@ def level_graph_dot(graph: LevelGraph, title: str | None = None) -> graphviz.Dig
 def _title(graph: LevelGraph) -> str:
     levels = graph.levels()
     name = graph.spec.model.name if graph.spec.model else "(no model)"
-    return f"{name}: {len(levels)} level{'s' if len(levels) != 1 else ''}  ({Path(graph.spec.path).name})"
+    file = Path(graph.spec.path).name.replace("\\", "\\\\")  # a backslash starts a DOT escape (\\n, \\l ...)
+    return f"{name}: {len(levels)} level{'s' if len(levels) != 1 else ''}  ({file})"
 
 
 def _id(path: str) -> str:
@@ -277,7 +278,7 @@ def ladder_figure(graph: LevelGraph, tokens: int | None = None):
                     color="#555555", zorder=3)
     if not rows:
         ax.text(tokens / 2, 0, "no levels: the file has no model", ha="center", va="center", fontsize=10,
-                color="#555555")
+                color="#555555", zorder=3, bbox={"facecolor": "white", "edgecolor": "none"})
     if tokens // seq <= MAX_TICKS:
         for s in range(seq, tokens, seq):
             ax.axvline(s, color="#9e9e9e", lw=0.8, ls=(0, (4, 3)), zorder=1)

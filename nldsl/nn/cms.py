@@ -18,8 +18,8 @@ model's task loss, accumulated from outside by :func:`nldsl.nn.surprise.train_se
 gets outer gradients through every read ("base + delta").
 
 Variants: ``sequential`` (chained, HOPE's Eq. 73/97), ``independent`` (levels on the same input,
-``u + sum_l softmax(a)_l MLP_l``, or a plain sum / mean, Eq. 74), ``nested`` (Eq. 72). Knowledge transfer by initialisation
-(``CMSLevel.init_from``, the ``transfer init`` of a spec; the nested variant chains every level this way):
+``u + sum_l softmax(a)_l MLP_l``, or a plain sum / mean, Eq. 74), ``nested`` (Eq. 72). Knowledge transfer by
+initialisation (``CMSLevel.init_from``, a spec's ``transfer init``; the nested variant chains every level so):
 level t shares the base of its source s, and at each boundary of s its state is reset to s's current
 weights. See docs/runtime-blocks.md. Sampling parameters (B batch, T tokens, D dim, H hidden).
 """
@@ -31,8 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nldsl.nn.cms_ops import (ACTIVATIONS, KINDS, LR_ACTIVATIONS, LR_MODES, EtaWeighted, LevelRate, act_fn,  # noqa: F401
-                              act_grad, init_weight, l2_grads, mlp_apply, mlp_weights, param_shapes)
+from nldsl.nn.cms_ops import (  # noqa: F401  (act_fn, act_grad: re-exported)
+    ACTIVATIONS, KINDS, LR_ACTIVATIONS, LR_MODES, EtaWeighted, LevelRate, act_fn, act_grad, init_weight, l2_grads,
+    mlp_apply, mlp_weights, param_shapes)
 from nldsl.nn.layers import RMSNorm, check_finite, check_positive_int, compute_dtype
 
 OBJECTIVES = ("task", "l2")

@@ -55,8 +55,7 @@ def dgd_step(W: Tensor, x: Tensor, u: Tensor, lr: Tensor | float) -> Tensor:
     """
     x_col = x.unsqueeze(-1)  # (..., d_in, 1)
     Wx = torch.matmul(W, x_col).squeeze(-1)  # (..., d_out)
-    if not isinstance(lr, Tensor):
-        lr = torch.as_tensor(lr, dtype=x.dtype, device=x.device)
+    lr = torch.as_tensor(lr, dtype=W.dtype, device=W.device)  # a per-problem lr never promotes the result
     rate = dgd_rate(lr, (x * x).sum(-1))  # (...)
     residual = (u - Wx) * rate.unsqueeze(-1)  # (..., d_out)
     return W + residual.unsqueeze(-1) * x.unsqueeze(-2)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from nldsl.nn.cms import CMS, CMSLevel
 from nldsl.nn.hope_attention import DEFAULT_PERIODS
 from nldsl.nn.layers import RMSNorm
+from nldsl.nn.neural_memory import resolve_config
 from nldsl.nn.self_modifying import SelfModifyingTitans
 from nldsl.nn.transformer import swiglu_hidden
 
@@ -54,9 +55,9 @@ class HopeBlock(nn.Module):
         def build(self) -> "HopeBlock":
             return HopeBlock(self)
 
-    def __init__(self, config: "HopeBlock.Config | None" = None, **kwargs):
+    def __init__(self, config: "HopeBlock.Config | int | None" = None, **kwargs):
         super().__init__()
-        cfg = config if config is not None else HopeBlock.Config(**kwargs)
+        cfg = resolve_config(HopeBlock.Config, config, kwargs, "HopeBlock")
         self.config = cfg
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.titans = SelfModifyingTitans(cfg.titans_config())

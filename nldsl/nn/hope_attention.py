@@ -50,7 +50,8 @@ class HopeAttentionBlock(nn.Module):
         if config is not None and kwargs:
             raise ValueError(f"HopeAttentionBlock: pass either a Config or keyword fields, not both (got {sorted(kwargs)})")
         if config is not None and not isinstance(config, HopeAttentionBlock.Config):
-            raise TypeError(f"HopeAttentionBlock takes a HopeAttentionBlock.Config or keyword fields (dim=...), got {config!r}")
+            raise TypeError(f"HopeAttentionBlock takes a HopeAttentionBlock.Config or keyword fields (dim=...), "
+                            f"got {config!r}")
         cfg = config if config is not None else HopeAttentionBlock.Config(**kwargs)
         _check_heads("HopeAttentionBlock", cfg.dim, cfg.n_heads)
         levels = cfg.cms_levels or [CMSLevel(hidden=swiglu_hidden(cfg.dim), period=p) for p in DEFAULT_PERIODS]

@@ -43,8 +43,9 @@ __all__ = [
     "memory_scan",
 ]
 
-OBJECTIVES = ("dot", "l2", "self")
-"""``dot``: −⟨M(k), v⟩ (Hebbian); ``l2``: ½‖M(k) − v‖²; ``self``: ½‖M(k) − v̂‖² with v̂ = M_snap(v)."""
+OBJECTIVES = ("dot", "l2", "self", "huber", "lp")
+"""``dot``: −⟨M(k), v⟩ (Hebbian); ``l2``: ½‖M(k) − v‖²; ``self``: ½‖M(k) − v̂‖² with v̂ = M_snap(v);
+``huber``: Σ huber_δ(M(k) − v) (Miras' Yaad); ``lp``: (1/p)‖M(k) − v‖_p^p (Miras' Moneta)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class MemoryRule:
     a unit key (normalised LMS), so the chunk step bound of a unit key holds for the hidden layers too."""
     detached_heads: tuple[bool, ...] = ()
     """Per-head stop-grad (length H, empty = none): those heads' writes are detached like ``stopgrad``."""
+    objective_param: float = 1.0
+    """δ of ``huber`` (the quadratic zone), p of ``lp``; unused otherwise."""
 
     def layer_rate(self, eta: Tensor, sqnorm: Tensor) -> Tensor:
         """The step ``η'`` a layer with input norm² ``sqnorm`` takes (rate normalisation, then DGD's
@@ -126,7 +129,9 @@ def unpack_state(rule: MemoryRule, state: dict) -> tuple[list[Tensor], list[Tens
 
 
 def pack_state(w: list[Tensor], snap: list[Tensor], s: list[Tensor] | None, pos: int) -> dict:
-    """Inverse of :func:`unpack_state`."""
+    """Inverse of :func:`unpack_state`. At a chunk boundary the snapshot is the running weights; it is stored
+    as its own copy, so no two state entries share storage (safetensors refuses shared tensors)."""
+    snap = [t.clone() if t is wt else t for t, wt in zip(snap, w)]
     state = {"w": {str(i): t for i, t in enumerate(w)}, "snap": {str(i): t for i, t in enumerate(snap)}, "pos": pos}
     if s is not None:
         state["s"] = {str(i): t for i, t in enumerate(s)}
@@ -170,6 +175,11 @@ def _output_error(rule: MemoryRule, pred: Tensor, v: Tensor, vhat: Tensor | None
         return -v
     if rule.objective == "l2":
         return pred - v
+    if rule.objective == "huber":
+        return (pred - v).clamp(-rule.objective_param, rule.objective_param)
+    if rule.objective == "lp":
+        e = pred - v
+        return torch.sign(e) * e.abs().pow(rule.objective_param - 1.0)
     return pred - vhat
 
 
@@ -197,24 +207,35 @@ def _fold_chunk(
     rule: MemoryRule, w: list[Tensor], s: list[Tensor] | None, acts: list[Tensor], pres: list[Tensor],
     deltas: list[Tensor], eta: Tensor, log_alpha: Tensor | None, log_beta: Tensor | None,
 ) -> tuple[list[Tensor], list[Tensor] | None]:
-    """``W_n = A W_0 + s0 S_0 + Σ c_t U_t`` and ``S_n = Bn S_0 + Σ b_t U_t``, one matmul per sum, in fp32+."""
+    """``W_n = A W_0 + s0 S_0 + Σ c_t U_t`` and ``S_n = Bn S_0 + Σ b_t U_t``: one fused matmul per sum, in the
+    state dtype (fp32 or wider) with autocast off, so bf16 activations never round the fast weights."""
     sd = w[0].dtype
-    log_alpha = log_alpha.to(sd) if log_alpha is not None else torch.zeros_like(eta, dtype=sd)
-    A, c, s0, b, Bn = chunk_decay_weights(log_alpha, None if log_beta is None else log_beta.to(sd))
-    new_w, new_s = [], []
-    for ell, W in enumerate(w):
-        a, g = acts[ell].to(sd), deltas[ell].to(sd)  # (B, H, n, i), (B, H, n, o)
-        lr = rule.layer_rate(eta.to(sd), (a * a).sum(-1))  # (B, H, n)
-        if rule.dgd:
-            g = g + pres[ell].to(sd)  # W_snap a_t: the DGD erase term
-        g, a = _detach_heads(rule, g * lr.unsqueeze(-1)), _detach_heads(rule, a)  # η'_t g_t: U_t = −η'_t g_t a_tᵀ
-        write = torch.einsum("bhno,bhni->bhoi", g * c.unsqueeze(-1), a)  # Σ_t c_t U_t (decays stay live)
-        new_w.append(A[..., None, None] * W - write)
-        if s is not None:
-            new_w[-1] = new_w[-1] + s0[..., None, None] * s[ell]
-            s_write = torch.einsum("bhno,bhni->bhoi", g * b.unsqueeze(-1), a)
-            new_s.append(Bn[..., None, None] * s[ell] - s_write)
+    with torch.autocast(w[0].device.type, enabled=False):
+        log_alpha = log_alpha.to(sd) if log_alpha is not None else torch.zeros_like(eta, dtype=sd)
+        A, c, s0, b, Bn = chunk_decay_weights(log_alpha, None if log_beta is None else log_beta.to(sd))
+        new_w, new_s = [], []
+        for ell, W in enumerate(w):
+            a, g = acts[ell].to(sd), deltas[ell].to(sd)  # (B, H, n, i), (B, H, n, o)
+            lr = rule.layer_rate(eta.to(sd), (a * a).sum(-1))  # (B, H, n)
+            if rule.dgd:
+                g = g + pres[ell].to(sd)  # W_snap a_t: the DGD erase term
+            g, a = _detach_heads(rule, g * lr.unsqueeze(-1)), _detach_heads(rule, a)  # U_t = −η'_t g_t a_tᵀ
+            S = None if s is None else s[ell]
+            new_w.append(_decay_and_write(A, W, s0, S, g * c.unsqueeze(-1), a))  # decays stay live
+            if S is not None:
+                new_s.append(_decay_and_write(Bn, S, None, None, g * b.unsqueeze(-1), a))
     return new_w, (new_s if s is not None else None)
+
+
+def _decay_and_write(A: Tensor, W: Tensor, s0: Tensor | None, S: Tensor | None, gc: Tensor, a: Tensor) -> Tensor:
+    """``A·W (+ s0·S) − Σ_t gc_t a_tᵀ`` ``(B, H, o, i)``: the sum is a ``baddbmm`` epilogue (one pass fewer)."""
+    B, H, o, i = W.shape
+    base = A[..., None, None] * W
+    if S is not None:
+        base = base.addcmul_(s0[..., None, None], S)
+    gct = gc.transpose(-1, -2).reshape(B * H, o, gc.shape[-2])  # (B·H, o, n)
+    out = torch.baddbmm(base.view(B * H, o, i), gct, a.reshape(B * H, a.shape[-2], i), alpha=-1.0)
+    return out.view(B, H, o, i)
 
 
 def _detach_heads(rule: MemoryRule, x: Tensor) -> Tensor:

@@ -22,24 +22,31 @@ from torch import Tensor, nn
 from nldsl.nn.delta_rule import chunk_gated_delta_rule
 from nldsl.nn.functional import ACTIVATIONS, dgd_rate, l2_normalize, logit, softplus_inverse
 from nldsl.nn.layers import RMSNorm, ShortConv, check_finite, check_positive_int, compute_dtype
-from nldsl.nn.memory_ops import OBJECTIVES, MemoryRule, init_memory_state, init_memory_weights, memory_scan
+from nldsl.nn.memory_ops import (
+    OBJECTIVES, MemoryRule, init_memory_state, init_memory_weights, memory_scan, pack_state,
+)
 
-__all__ = ["NeuralMemory", "Rate", "RATE_MODES", "short_conv"]
+__all__ = ["NeuralMemory", "Rate", "RATE_MODES", "short_conv", "resolve_config"]
 
 RATE_MODES = ("constant", "learned", "data")
+LOG_ALPHA_FLOOR = -20.0
+"""Smallest log retention on the delta-rule route (which divides by α); the engine route has no floor."""
 
 
 class Rate(nn.Module):
-    """A per-head, per-token rate: ``η`` through softplus, ``α``/``β`` through sigmoid.
+    """A per-head, per-token rate: ``η`` through softplus (or a bounded ``2·value·sigmoid``), ``α``/``β``
+    through sigmoid.
 
     ``constant`` returns ``value``; ``learned`` is one scalar per head; ``data`` is ``act(W x + b)``.
     Learned and data-dependent rates start at ``value`` (the raw bias is its inverse image).
     """
 
-    def __init__(self, kind: str, mode: str, value: float, dim: int, heads: int):
+    def __init__(self, kind: str, mode: str, value: float, dim: int, heads: int, activation: str = "softplus"):
         super().__init__()
         self.kind, self.mode, self.value, self.heads = kind, mode, float(value), heads
+        self.bounded = kind == "eta" and activation == "sigmoid"  # η = 2·value·sigmoid(raw) < 2·value
         raw = softplus_inverse(value) if kind == "eta" else (logit(value) if mode != "constant" else 0.0)
+        raw = 0.0 if self.bounded else raw
         if mode == "learned":
             self.raw = nn.Parameter(torch.full((heads,), raw))
         elif mode == "data":
@@ -60,9 +67,23 @@ class Rate(nn.Module):
             raw = self.raw.to(dtype)[None, :, None].expand(B, self.heads, T)
         else:
             raw = self.proj(x).to(dtype).transpose(1, 2)  # (B, H, T)
+        if self.bounded:
+            return 2.0 * self.value * torch.sigmoid(raw)
         if self.kind == "eta":
             return F.softplus(raw)
         return F.logsigmoid(raw) if log else torch.sigmoid(raw)
+
+
+def resolve_config(config_cls, config, kwargs: dict, name: str):
+    """A module's Config from ``Module(config)``, ``Module(dim, **fields)`` or ``Module(**fields)``."""
+    if config is None:
+        return config_cls(**kwargs)
+    if isinstance(config, config_cls) and not kwargs:
+        return config
+    if isinstance(config, int) and not isinstance(config, bool):
+        return config_cls(dim=config, **kwargs)
+    raise TypeError(f"{name} takes a {name}.Config, or the width dim and Config fields as keywords; got {config!r}"
+                    + (f" with {sorted(kwargs)}" if kwargs else ""))
 
 
 def short_conv(conv: ShortConv, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -103,14 +124,22 @@ class NeuralMemory(nn.Module):
         activation: str = "silu"
         """σ inside an MLP memory: silu, gelu, tanh or relu."""
         objective: str = "l2"
-        """Inner objective: ``dot`` (−⟨M(k), v⟩), ``l2`` (½‖M(k) − v‖²) or ``self`` (½‖M(k) − v̂‖² with the
-        self-generated target v̂ = M_snap(v), held constant in the inner gradient)."""
+        """Inner objective: ``dot`` (−⟨M(k), v⟩), ``l2`` (½‖M(k) − v‖²), ``self`` (½‖M(k) − v̂‖² with the
+        self-generated target v̂ = M_snap(v), held constant in the inner gradient), ``huber`` (Σ huber_δ(M(k) − v),
+        Miras' Yaad) or ``lp`` ((1/p)‖M(k) − v‖_p^p, Miras' Moneta)."""
+        huber_delta: float = 1.0
+        """δ of the ``huber`` objective (quadratic zone)."""
+        lp_power: float = 3.0
+        """p ≥ 1 of the ``lp`` objective."""
         dgd: bool = False
         """Delta Gradient Descent (exact, per layer) instead of plain GD."""
         lr: float = 0.1
         """Inner learning rate η (initial value when learned or data-dependent)."""
         lr_mode: str = "constant"
         """``constant``, ``learned`` (scalar per head, softplus) or ``data`` (softplus(W x + b))."""
+        lr_activation: str = "softplus"
+        """Learned / data η through ``softplus`` (unbounded) or ``sigmoid`` (``η = 2·lr·sigmoid(·)``, bounded by
+        ``2·lr``: keep ``2·lr·chunk/(1 − momentum)`` below 2 and no η can destabilise the chunk update)."""
         retention: float = 1.0
         """Retention / forget gate α in (0, 1]; 1 keeps everything (initial value unless constant)."""
         retention_mode: str = "constant"
@@ -160,6 +189,13 @@ class NeuralMemory(nn.Module):
                 if value not in known:
                     raise ValueError(f"NeuralMemory {name} must be one of {sorted(known)}, got {value!r}")
             _check_rate("lr", self.lr_mode, self.lr, 0.0, float("inf"), False)
+            if self.lr_activation not in ("softplus", "sigmoid"):
+                raise ValueError(f"NeuralMemory lr_activation must be 'softplus' or 'sigmoid', "
+                                 f"got {self.lr_activation!r}")
+            if check_finite("NeuralMemory huber_delta", self.huber_delta) <= 0:
+                raise ValueError(f"NeuralMemory huber_delta must be > 0, got {self.huber_delta!r}")
+            if check_finite("NeuralMemory lp_power", self.lp_power) < 1:
+                raise ValueError(f"NeuralMemory lp_power must be >= 1, got {self.lp_power!r}")
             _check_rate("retention", self.retention_mode, self.retention, 0.0, 1.0, True)
             _check_rate("momentum", self.momentum_mode, self.momentum, 0.0, 1.0, False)
 
@@ -174,21 +210,23 @@ class NeuralMemory(nn.Module):
         def rule(self) -> MemoryRule:
             """The inner learning problem as plain data."""
             has_momentum = self.momentum_mode != "constant" or self.momentum > 0
-            return MemoryRule(self.depth, self.activation, self.objective, self.dgd, has_momentum,
-                              self.stopgrad, self.chunk_size)
+            param = {"huber": self.huber_delta, "lp": self.lp_power}.get(self.objective, 1.0)
+            return MemoryRule(depth=self.depth, activation=self.activation, objective=self.objective, dgd=self.dgd,
+                              momentum=has_momentum, stopgrad=self.stopgrad, chunk_size=self.chunk_size,
+                              objective_param=param)
 
         def build(self) -> "NeuralMemory":
             return NeuralMemory(self)
 
-    def __init__(self, config: "NeuralMemory.Config | None" = None, **kwargs):
+    def __init__(self, config: "NeuralMemory.Config | int | None" = None, **kwargs):
         super().__init__()
-        cfg = config if config is not None else self.Config(**kwargs)
+        cfg = resolve_config(self.Config, config, kwargs, "NeuralMemory")
         self.config, self.rule = cfg, cfg.rule()
         H, d, D = cfg.n_heads, cfg.d, cfg.dim
         self.qkv = nn.Linear(D, 3 * H * d, bias=False)
         self.conv = ShortConv(3 * H * d, cfg.conv_size) if cfg.conv_size else None
         self.init_weights = init_memory_weights(H, d, cfg.hidden, cfg.depth, zero_linear=True)
-        self.lr_rate = Rate("eta", cfg.lr_mode, cfg.lr, D, H)
+        self.lr_rate = Rate("eta", cfg.lr_mode, cfg.lr, D, H, cfg.lr_activation)
         self.retention_rate = Rate("gate", cfg.retention_mode, cfg.retention, D, H)
         self.momentum_rate = Rate("gate", cfg.momentum_mode, cfg.momentum, D, H)
         self.out_norm = RMSNorm(d) if cfg.output_norm else None
@@ -284,7 +322,8 @@ class NeuralMemory(nn.Module):
         k32, v32 = k.to(sd), v.to(sd)
         lr = dgd_rate(eta, (k32 * k32).sum(-1)) if self.rule.dgd else eta  # (B, H, T)
         f = 2.0 if (self.rule.objective == "l2" and self.rule.dgd) else 1.0
-        log_alpha = torch.zeros_like(lr) if log_alpha is None else log_alpha.to(sd)
+        # β = f·η'/α divides by α: floor log α (e^-20 ≈ 2e-9, a gate that forgets everything either way)
+        log_alpha = torch.zeros_like(lr) if log_alpha is None else log_alpha.to(sd).clamp(min=LOG_ALPHA_FLOOR)
         alpha = torch.exp(log_alpha)
         h0 = mem_state["w"]["0"].transpose(-1, -2)  # (B, H, K, V), fla's key-major layout
         q_next = torch.cat([q[..., 1:, :], torch.zeros_like(q[..., :1, :])], dim=-2)
@@ -295,4 +334,4 @@ class NeuralMemory(nn.Module):
         first = torch.matmul(q[..., :1, :].to(sd), h0)  # (B, H, 1, V): y_1 = W_0 q_1
         y = torch.cat([first, o.transpose(1, 2)[..., :-1, :]], dim=-2)
         W = hT.transpose(-1, -2)
-        return y.to(q.dtype), {"w": {"0": W}, "snap": {"0": W}, "pos": 0}
+        return y.to(q.dtype), pack_state([W], [W], None, 0)

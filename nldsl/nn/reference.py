@@ -11,7 +11,9 @@ own Python step. Two recurrences (DESIGN.md 3.1):
 * :func:`snapshot_recurrence`: the same but every read and gradient of a chunk uses the chunk-start
   snapshot (NL arXiv Eq. 90, with the snapshot index read as "previous chunk's final state").
 
-With ``stopgrad`` each ``U_t`` is detached (decays stay differentiable), exactly as in the fast form.
+With ``stopgrad`` each ``U_t`` is detached (decays stay differentiable), exactly as in the fast form; with
+``detached_heads`` only those heads' ``U_t``. With ``normalized_rate`` layer ℓ uses ``η / max(1, ‖a_ℓ‖²)``
+before the DGD factor.
 Module-level references (NeuralMemory, SelfModifyingTitans) reuse the modules' static maps (projections,
 rate read-outs, output) and redo the conv and every memory recurrence token by token; the gated delta rule
 has its own sequential reference. Tensors are batch and head first: weights ``(B, H, o, i)``, per-token
@@ -54,7 +56,8 @@ def ref_mlp(rule: MemoryRule, weights: list[Tensor], z: Tensor) -> tuple[Tensor,
 def ref_inner_grads(rule: MemoryRule, at: list[Tensor], k: Tensor, v: Tensor) -> list[Tensor]:
     """``∇_W ℓ(M_W(k), target)`` at weights ``at`` by autograd (target held constant).
 
-    ``dot``: ℓ = −⟨M(k), v⟩; ``l2``: ℓ = ½‖M(k) − v‖²; ``self``: ℓ = ½‖M(k) − v̂‖², v̂ = M_at(v). The graph
+    ``dot``: ℓ = −⟨M(k), v⟩; ``l2``: ℓ = ½‖M(k) − v‖²; ``self``: ℓ = ½‖M(k) − v̂‖², v̂ = M_at(v); ``huber``:
+    ``F.huber_loss`` (sum); ``lp``: (1/p) Σ |M(k) − v|^p. The graph
     is kept (``create_graph``) so outer gradients flow through the inner gradient, unless ``stopgrad``.
     """
     keep = not rule.stopgrad and torch.is_grad_enabled()
@@ -63,6 +66,10 @@ def ref_inner_grads(rule: MemoryRule, at: list[Tensor], k: Tensor, v: Tensor) ->
         pred, _ = ref_mlp(rule, probes, k)
         if rule.objective == "dot":
             loss = -(pred * v).sum()
+        elif rule.objective == "huber":
+            loss = F.huber_loss(pred, v, reduction="sum", delta=rule.objective_param)
+        elif rule.objective == "lp":
+            loss = (pred - v).abs().pow(rule.objective_param).sum() / rule.objective_param
         else:
             target = v if rule.objective == "l2" else ref_mlp(rule, at, v)[0]
             loss = 0.5 * ((pred - target) ** 2).sum()
@@ -259,15 +266,14 @@ def ref_self_modifying(smt, x: Tensor, state: dict | None = None) -> tuple[Tenso
     bw, bsnap, bs, bpos = unpack_state(smt.bank_rule, state["bank"])
     mw, msnap, ms, mpos = unpack_state(smt.mem_rule, state["mem"])
     conv_kv, conv_q = state.get("conv_kv"), state.get("conv_q")
-    log_beta = smt.log_momentum(x.dtype)
-    beta = None if log_beta is None else torch.exp(log_beta)[None].expand(B, H + m * P)  # (B, H + m·P)
+    log_betas = smt.log_momentum(x)  # (H + m·P,) or per token (B, T, H + m·P)
 
     def heads(z: Tensor, n: int) -> Tensor:  # (B, D) -> (B, n, D/n)
         return z.view(B, n, D // n)
 
     def bank(z: Tensor, normed: bool) -> Tensor:  # (B, D) -> (B, m·P, D/P): every projection memory sees z
         zb = heads(z, P).unsqueeze(1).expand(B, m, P, D // P).reshape(B, m * P, D // P)
-        return ref_l2_normalize(zb) if normed else zb
+        return ref_l2_normalize(zb) if normed and P != H else zb  # (with P = H, z is per-head unit already)
 
     def normed(z: Tensor, on: bool) -> Tensor:
         return ref_l2_normalize(heads(z, H)).reshape(B, D) if on else z
@@ -282,6 +288,8 @@ def ref_self_modifying(smt, x: Tensor, state: dict | None = None) -> tuple[Tenso
         if smt.conv_kv is not None:
             kv, conv_kv = ref_short_conv(smt.conv_kv.weight, smt.conv_kv.bias, kv, conv_kv)
         k, v = normed(kv[:, 0, :D], cfg.qk_norm), normed(kv[:, 0, D:], cfg.v_norm)
+        log_beta = None if log_betas is None else log_betas[:, t] if log_betas.dim() == 3 else log_betas
+        beta = None if log_beta is None else torch.exp(log_beta).expand(B, H + m * P)
         eta_mem, eta_bank, log_alpha = smt.rates(outs[:, 2], outs[:, 3], log_beta)  # (B, H), (B, m·P), (B, H + P)
         alpha = torch.exp(log_alpha)
         q = (outs[:, 4] if cfg.adaptive_q else smt.q_proj(x[:, t]))[:, None]

@@ -9,13 +9,14 @@ written the same way. Two chunk sizes (Eq. 90): the projection memories form a c
 writes depend only on their own outputs), so they run first with ``proj_chunk_size``; ``M_mem`` then
 runs with ``chunk_size`` on the keys, values and rates they produced; the sizes need not divide.
 
-Every memory is per head (``(B, heads, d, ·)`` fast weights). The projection memories read a static
-linear projection of the input per memory (``proj_in``, Fig. 3's q/k/v projections placed before the
-memories), so a head sees every channel. Titans-style details (NL_REFERENCE 7.8): causal depthwise conv
-(width 4) on the q/k/v paths, ℓ2-normalised q, k (and v, ``v_norm``) per head, static per-head rate
-read-outs of ``M_η(x)`` and ``M_α(x)``, output RMSNorm per head, ``silu`` gate and output projection.
+Every memory is per head (``(B, heads, d, ·)`` fast weights); head ``p`` of a projection memory reads the
+``p``-th slice of ``x`` (or, with ``proj_in``, of a static projection ``W_□ x``: Fig. 3's q/k/v projections
+placed before the memories, so a head sees every channel). Titans-style details (NL_REFERENCE 7.8):
+causal depthwise conv (width 4) on the q/k/v paths, ℓ2-normalised q, k (and v, ``v_norm``) per head,
+static per-head rate read-outs of ``M_η(x)`` and ``M_α(x)``, output RMSNorm per head, ``silu`` gate and
+output projection.
 
-Stability (docs/runtime.md §4): ``η = η_max · sigmoid(r_η(M_η(x)))`` with
+Stability (docs/runtime.md §1): ``η = η_max · sigmoid(r_η(M_η(x)))`` with
 ``η_max = step_budget · (1 − β) / (2 · C)`` for each memory system (chunk ``C``, momentum ``β``): a chunk
 sums ``C`` steps at one snapshot and momentum amplifies them by ``1/(1 − β)``, and DGD's erase doubles the
 curvature on a unit key, so ``2 C η / (1 − β) ≤ step_budget`` keeps the chunk update a contraction even
@@ -39,7 +40,7 @@ from nldsl.nn.memory_ops import (
     MemoryRule, chunk_loop, chunk_segments, init_memory_state, init_memory_weights, memory_read, memory_scan,
     memory_segment, pack_state, unpack_state,
 )
-from nldsl.nn.neural_memory import short_conv
+from nldsl.nn.neural_memory import resolve_config, short_conv
 
 __all__ = ["SelfModifyingTitans", "MEMORY_NAMES"]
 
@@ -60,13 +61,17 @@ class SelfModifyingTitans(nn.Module):
         """Heads of each projection memory; ``None`` = ``n_heads`` (per-head memories); 1 = one full-width
         memory per projection (the paper's literal Eq. 76-82, ~``n_heads``× the state and FLOPs)."""
         depth: int = 2
-        """Depth of every memory (2 = the paper's residual MLP ``z + W_2 σ(W_1 z)``)."""
+        """Depth of every memory (2 = the paper's residual MLP ``z + W_2 σ(W_1 z)``; 1 = linear)."""
+        proj_depth: int | None = None
+        """Depth of the projection memories; ``None`` = ``depth`` (M_mem may differ from them)."""
         hidden_mult: float = 2.0
         """M_mem hidden width as a multiple of its head width."""
         proj_hidden_mult: float = 2.0
         """Projection-memory hidden width as a multiple of their head width D / proj_heads."""
         activation: str = "silu"
         """σ of all memories: silu, gelu, tanh or relu."""
+        proj_activation: str | None = None
+        """σ of the projection memories; ``None`` = ``activation``."""
         chunk_size: int = 16
         """Tokens per snapshot of M_mem."""
         proj_chunk_size: int = 32
@@ -75,10 +80,13 @@ class SelfModifyingTitans(nn.Module):
         """Inner objective of M_mem: ``self`` (v̂ = M_mem(v), the paper's) or ``l2`` (target v)."""
         dgd: bool = True
         """Delta Gradient Descent (exact, per layer); False = plain GD (the "w/o DGD" ablation)."""
+        proj_dgd: bool | None = None
+        """DGD for the projection memories; ``None`` = ``dgd``."""
         momentum: float = 0.5
         """Momentum β of every memory (Titans surprise); 0 = none (constant mode only)."""
         momentum_mode: str = "constant"
-        """``constant`` or ``learned`` (one scalar per memory head through a sigmoid, starting at ``momentum``)."""
+        """``constant``, ``learned`` (one scalar per memory head through a sigmoid) or ``data`` (per token and
+        memory head, ``sigmoid(W_β x + b)``); learned and data start at ``momentum``."""
         eta_scale: float = 0.02
         """Initial η (the read-out bias starts there, capped at half of ``η_max``)."""
         step_budget: float = 1.0
@@ -110,28 +118,33 @@ class SelfModifyingTitans(nn.Module):
 
         def __post_init__(self) -> None:
             self.proj_heads = self.n_heads if self.proj_heads is None else self.proj_heads
+            self.proj_depth = self.depth if self.proj_depth is None else self.proj_depth
+            self.proj_activation = self.activation if self.proj_activation is None else self.proj_activation
+            self.proj_dgd = self.dgd if self.proj_dgd is None else self.proj_dgd
             self.stopgrad_memories = tuple(self.stopgrad_memories)
             _check_config(self)
 
         def build(self) -> "SelfModifyingTitans":
             return SelfModifyingTitans(self)
 
-    def __init__(self, config: "SelfModifyingTitans.Config | None" = None, **kwargs):
+    def __init__(self, config: "SelfModifyingTitans.Config | int | None" = None, **kwargs):
         super().__init__()
-        cfg = config if config is not None else self.Config(**kwargs)
+        cfg = resolve_config(self.Config, config, kwargs, "SelfModifyingTitans")
         self.config = cfg
         D, H, P = cfg.dim, cfg.n_heads, cfg.proj_heads
         self.names = ("k", "v", "eta", "alpha") + (("q",) if cfg.adaptive_q else ())
         m, cut = len(self.names), set(cfg.stopgrad_memories)
-        rule = dict(depth=cfg.depth, activation=cfg.activation, dgd=cfg.dgd, normalized_rate=True,
-                    momentum=cfg.momentum_mode == "learned" or cfg.momentum > 0)
+        rule = dict(normalized_rate=True, momentum=cfg.momentum_mode != "constant" or cfg.momentum > 0)
         bank_cut = tuple(n in cut for n in self.names for _ in range(P))  # bank heads are (m, P)
-        self.bank_rule = MemoryRule(objective="self", chunk_size=cfg.proj_chunk_size, **rule,
-                                    stopgrad=cfg.stopgrad or all(bank_cut), detached_heads=_partial(bank_cut))
-        self.mem_rule = MemoryRule(objective=cfg.mem_objective, chunk_size=cfg.chunk_size, **rule,
-                                   stopgrad=cfg.stopgrad or "mem" in cut)
+        self.bank_rule = MemoryRule(
+            depth=cfg.proj_depth, activation=cfg.proj_activation, dgd=cfg.proj_dgd, objective="self",
+            chunk_size=cfg.proj_chunk_size, stopgrad=cfg.stopgrad or all(bank_cut), detached_heads=_partial(bank_cut),
+            **rule)
+        self.mem_rule = MemoryRule(
+            depth=cfg.depth, activation=cfg.activation, dgd=cfg.dgd, objective=cfg.mem_objective,
+            chunk_size=cfg.chunk_size, stopgrad=cfg.stopgrad or "mem" in cut, **rule)
         bank_hidden, mem_hidden = _width(D // P, cfg.proj_hidden_mult), _width(D // H, cfg.hidden_mult)
-        self.bank_init = init_memory_weights(m * P, D // P, bank_hidden, cfg.depth, zero_linear=False)
+        self.bank_init = init_memory_weights(m * P, D // P, bank_hidden, cfg.proj_depth, zero_linear=False)
         self.mem_init = init_memory_weights(H, D // H, mem_hidden, cfg.depth, zero_linear=False)
         self.proj_in = nn.Linear(D, m * D, bias=False) if cfg.proj_in else None
         if self.proj_in is not None:
@@ -139,12 +152,15 @@ class SelfModifyingTitans(nn.Module):
         self.q_proj = None if cfg.adaptive_q else nn.Linear(D, D, bias=False)
         self.conv_kv = ShortConv(2 * D, cfg.conv_size) if cfg.conv_size else None
         self.conv_q = ShortConv(D, cfg.conv_size) if cfg.conv_size else None
-        self.momentum_raw = None
+        self.momentum_raw = self.momentum_readout = None  # β: one per M_mem head, then per bank head (m, P)
         if cfg.momentum_mode == "learned":
             self.momentum_raw = nn.Parameter(torch.full((H + m * P,), logit(cfg.momentum)))
+        elif cfg.momentum_mode == "data":
+            self.momentum_readout = _readout(D, H + m * P, torch.full((H + m * P,), logit(cfg.momentum)))
         keep = 1.0 - cfg.momentum  # the read-out starts at η_0 = min(eta_scale, η_max / 2)
-        ratio = [min(cfg.eta_scale * 2 * c / (cfg.step_budget * keep), 0.5) for c in (cfg.chunk_size, cfg.proj_chunk_size)]
-        self.eta_readout = _readout(D, H + P, torch.tensor([logit(ratio[0])] * H + [logit(ratio[1])] * P))
+        start = [logit(min(cfg.eta_scale * 2 * c / (cfg.step_budget * keep), 0.5))
+                 for c in (cfg.chunk_size, cfg.proj_chunk_size)]
+        self.eta_readout = _readout(D, H + P, torch.tensor([start[0]] * H + [start[1]] * P))
         self.alpha_readout = _readout(D, H + P, torch.full((H + P,), logit(cfg.alpha_init)))
         self.out_norm = RMSNorm(D // H) if cfg.output_norm else None
         self.gate = nn.Linear(D, D, bias=False) if cfg.output_gate else None
@@ -169,26 +185,29 @@ class SelfModifyingTitans(nn.Module):
         return state
 
     # ------------------------------------------------------------------------------------ rates
-    def log_momentum(self, dtype: torch.dtype) -> Tensor | None:
-        """log β of every memory head ``(H + m·P,)`` (M_mem heads first, then the bank's ``(m, P)``)."""
-        cfg = self.config
+    def log_momentum(self, x: Tensor) -> Tensor | None:
+        """log β of every memory head: ``(H + m·P,)`` (M_mem heads first, then the bank's ``(m, P)``), or per
+        token ``(B, T, H + m·P)`` with ``momentum_mode = "data"``; ``None`` without momentum."""
+        cfg, sd = self.config, compute_dtype(x.dtype)
+        if self.momentum_readout is not None:
+            return F.logsigmoid(self.momentum_readout(x).to(sd))
         if self.momentum_raw is not None:
-            return F.logsigmoid(self.momentum_raw.to(dtype))
+            return F.logsigmoid(self.momentum_raw.to(sd))
         if cfg.momentum == 0:
             return None
         n = cfg.n_heads + len(self.names) * cfg.proj_heads
-        return torch.full((n,), math.log(cfg.momentum), dtype=dtype, device=self.eta_readout.bias.device)
+        return torch.full((n,), math.log(cfg.momentum), dtype=sd, device=x.device)
 
     def eta_max(self, log_beta: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``η_max = step_budget·(1 − β)/(2·C)`` for M_mem heads ``(H,)`` and bank heads ``(m·P,)``."""
+        """``η_max = step_budget·(1 − β)/(2·C)`` for M_mem heads ``(..., H)`` and bank heads ``(..., m·P)``."""
         cfg, H = self.config, self.config.n_heads
         n = H + len(self.names) * cfg.proj_heads
         if log_beta is None:
             keep = torch.ones(n, dtype=dtype, device=self.eta_readout.bias.device)
         else:
             keep = -torch.expm1(log_beta.to(dtype))
-        return (cfg.step_budget * keep[:H] / (2 * cfg.chunk_size),
-                cfg.step_budget * keep[H:] / (2 * cfg.proj_chunk_size))
+        return (cfg.step_budget * keep[..., :H] / (2 * cfg.chunk_size),
+                cfg.step_budget * keep[..., H:] / (2 * cfg.proj_chunk_size))
 
     def rates(self, eta_out: Tensor, alpha_out: Tensor, log_beta: Tensor | None):
         """η and log α from the outputs of M_η and M_α ``(..., D)`` via the static per-head read-outs.
@@ -219,13 +238,15 @@ class SelfModifyingTitans(nn.Module):
         return l2_normalize(z.view(B, T, self.config.n_heads, -1)).view(B, T, D)
 
     def _bank(self, z: Tensor, normed: bool = False) -> Tensor:
-        """Feed the same ``(B, T, D)`` to all m projection memories: ``(B, m·P, T, D/P)``, optionally
-        ℓ2-normalised over their own head width (unit keys and values for every memory)."""
+        """Feed the same ``(B, T, D)`` to all m projection memories: ``(B, m·P, T, D/P)``; ``normed``: z is
+        ℓ2-normalised per M_mem head and is re-normalised over the bank's own head width (unit keys and
+        values for every memory)."""
         zh = self._heads(z, self.config.proj_heads)  # (B, P, T, D/P)
+        if normed and self.config.proj_heads != self.config.n_heads:  # (with P = H, z is normalised already)
+            zh = l2_normalize(zh)  # once, before the m copies
         B, P, T, dP = zh.shape
         m = len(self.names)
-        zb = zh.unsqueeze(1).expand(B, m, P, T, dP).reshape(B, m * P, T, dP)
-        return l2_normalize(zb) if normed else zb
+        return zh.unsqueeze(1).expand(B, m, P, T, dP).reshape(B, m * P, T, dP)
 
     def bank_input(self, x: Tensor) -> Tensor:
         """What the projection memories read: ``(B, n, D)`` -> ``(B, m·P, n, D/P)`` (each its own projection)."""
@@ -261,14 +282,14 @@ class SelfModifyingTitans(nn.Module):
         state = self.init_state(B, x.device, x.dtype) if state is None else state
         if T == 0:  # an empty piece (e.g. building the initial state): nothing is read or written
             return x.new_zeros(B, 0, D), state
-        log_beta = self.log_momentum(compute_dtype(x.dtype))
+        log_beta = self.log_momentum(x)
         k, v, q_raw, eta, log_alpha, new_state = self.run_projections(x, state, log_beta)
         q = q_raw if cfg.adaptive_q else self.q_proj(x)  # (B, T, D)
         if self.conv_q is not None:
             q, new_state["conv_q"] = short_conv(self.conv_q, q, state.get("conv_q"))
         q = self._normed(q, cfg.qk_norm)
         eta, log_alpha = eta.transpose(1, 2), log_alpha[..., :H].transpose(1, 2)  # (B, H, T)
-        lb = None if log_beta is None else log_beta[:H, None].expand(B, H, T)
+        lb = None if log_beta is None else _per_token(log_beta, slice(0, H), B, T)
         y, new_state["mem"] = memory_scan(self.mem_rule, state["mem"], self._heads(k, H), self._heads(v, H), eta,
                                           log_alpha, lb, self._heads(q, H), cfg.checkpoint_chunks)
         return self.read_out(x, y), new_state
@@ -284,8 +305,9 @@ class SelfModifyingTitans(nn.Module):
 
         def step(carry, t0: int, n: int):
             w, snap, s, pos, conv = carry
-            k, v, q_raw, eta_mem, eta_bank, log_alpha, conv = self.project_chunk(x[:, t0:t0 + n], snap, conv, log_beta)
-            lb = None if log_beta is None else log_beta[H:, None].expand(B, log_beta.shape[0] - H, n)
+            lb = None if log_beta is None else log_beta[:, t0:t0 + n] if log_beta.dim() == 3 else log_beta
+            k, v, q_raw, eta_mem, eta_bank, log_alpha, conv = self.project_chunk(x[:, t0:t0 + n], snap, conv, lb)
+            lb = None if lb is None else _per_token(lb, slice(H, None), B, n)
             _, w, s = memory_segment(self.bank_rule, snap, w, s, self._bank(k, cfg.qk_norm), self._bank(v, cfg.v_norm),
                                      eta_bank.transpose(1, 2), self._bank_rate(log_alpha[..., H:]), lb)
             pos = (pos + n) % C
@@ -319,7 +341,7 @@ class SelfModifyingTitans(nn.Module):
 
 def _check_config(cfg: "SelfModifyingTitans.Config") -> None:
     name = "SelfModifyingTitans"
-    for field in ("dim", "n_heads", "proj_heads", "depth", "chunk_size", "proj_chunk_size"):
+    for field in ("dim", "n_heads", "proj_heads", "depth", "proj_depth", "chunk_size", "proj_chunk_size"):
         check_positive_int(f"{name} {field}", getattr(cfg, field))
     for field in ("conv_size", "checkpoint_chunks"):
         check_positive_int(f"{name} {field}", getattr(cfg, field), minimum=0)
@@ -329,22 +351,31 @@ def _check_config(cfg: "SelfModifyingTitans.Config") -> None:
     for field in ("hidden_mult", "proj_hidden_mult", "eta_scale", "step_budget"):
         if check_finite(f"{name} {field}", getattr(cfg, field)) <= 0:
             raise ValueError(f"{name} {field} must be > 0, got {getattr(cfg, field)!r}")
-    if cfg.momentum_mode not in ("constant", "learned"):
-        raise ValueError(f"{name} momentum_mode must be 'constant' or 'learned', got {cfg.momentum_mode!r}")
+    if cfg.momentum_mode not in ("constant", "learned", "data"):
+        raise ValueError(f"{name} momentum_mode must be 'constant', 'learned' or 'data', got {cfg.momentum_mode!r}")
     low = 0.0 if cfg.momentum_mode == "constant" else math.nextafter(0.0, 1.0)
     if not low <= check_finite(f"{name} momentum", cfg.momentum) < 1.0:
         raise ValueError(f"{name} momentum ({cfg.momentum_mode}) must lie in {'[' if low == 0 else '('}0, 1), "
                          f"got {cfg.momentum!r}")
     if not 0.0 < check_finite(f"{name} alpha_init", cfg.alpha_init) < 1.0:
         raise ValueError(f"{name} alpha_init must lie in (0, 1), got {cfg.alpha_init!r}")
-    if cfg.activation not in ACTIVATIONS:
-        raise ValueError(f"{name} activation must be one of {sorted(ACTIVATIONS)}, got {cfg.activation!r}")
+    for field in ("activation", "proj_activation"):
+        if getattr(cfg, field) not in ACTIVATIONS:
+            raise ValueError(f"{name} {field} must be one of {sorted(ACTIVATIONS)}, got {getattr(cfg, field)!r}")
     if cfg.mem_objective not in ("self", "l2"):
         raise ValueError(f"{name} mem_objective must be 'self' or 'l2', got {cfg.mem_objective!r}")
     known = [n for n in MEMORY_NAMES if n != "q" or cfg.adaptive_q]
     unknown = [n for n in cfg.stopgrad_memories if n not in known]
     if unknown:
         raise ValueError(f"{name} stopgrad_memories names unknown memories {unknown}; known: {known}")
+
+
+def _per_token(log_beta: Tensor, heads: slice, B: int, n: int) -> Tensor:
+    """log β of some heads as the engine takes it, ``(B, heads, n)``, from ``(H',)`` or ``(B, n, H')``."""
+    if log_beta.dim() == 3:
+        return log_beta[..., heads].transpose(1, 2)
+    lb = log_beta[heads]
+    return lb[None, :, None].expand(B, lb.shape[0], n)
 
 
 def _partial(cut: tuple[bool, ...]) -> tuple[bool, ...]:

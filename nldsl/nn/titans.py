@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from nldsl.nn.layers import RMSNorm, SwiGLU, check_positive_int
-from nldsl.nn.neural_memory import NeuralMemory
+from nldsl.nn.neural_memory import NeuralMemory, resolve_config
 from nldsl.nn.transformer import swiglu_hidden
 
 __all__ = ["TitansBlock"]
@@ -33,8 +33,9 @@ class TitansBlock(nn.Module):
         """Depth of each memory MLP (Titans finds L ≥ 2 better on long contexts)."""
         chunk_size: int = 16
         """Tokens per memory snapshot (Titans' mini-batch size)."""
-        lr: float = 0.02
-        """Initial inner learning rate θ (data-dependent, softplus); chunk · lr / (1 − momentum) stays < 2."""
+        lr: float = 0.01
+        """Initial inner learning rate θ (data-dependent, softplus): chunk · lr / (1 − momentum) = 1.6 < 2 at the
+        defaults (docs/runtime.md, Stability)."""
         retention: float = 0.99
         """Initial retention 1 − forget gate (data-dependent, sigmoid)."""
         momentum: float = 0.9
@@ -62,9 +63,9 @@ class TitansBlock(nn.Module):
         def build(self) -> "TitansBlock":
             return TitansBlock(self)
 
-    def __init__(self, config: "TitansBlock.Config | None" = None, **kwargs):
+    def __init__(self, config: "TitansBlock.Config | int | None" = None, **kwargs):
         super().__init__()
-        cfg = config if config is not None else TitansBlock.Config(**kwargs)
+        cfg = resolve_config(TitansBlock.Config, config, kwargs, "TitansBlock")
         hidden = swiglu_hidden(cfg.dim)
         if cfg.mlp_hidden is not None:
             hidden = check_positive_int("TitansBlock mlp_hidden", cfg.mlp_hidden)

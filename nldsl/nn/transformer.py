@@ -141,7 +141,8 @@ class TransformerBlock(nn.Module):
         if config is not None and kwargs:
             raise ValueError(f"TransformerBlock: pass either a Config or keyword fields, not both (got {sorted(kwargs)})")
         if config is not None and not isinstance(config, TransformerBlock.Config):
-            raise TypeError(f"TransformerBlock takes a TransformerBlock.Config or keyword fields (dim=...), got {config!r}")
+            raise TypeError(f"TransformerBlock takes a TransformerBlock.Config or keyword fields (dim=...), "
+                            f"got {config!r}")
         cfg = config if config is not None else TransformerBlock.Config(**kwargs)
         _check_heads("TransformerBlock", cfg.dim, cfg.n_heads)
         hidden = swiglu_hidden(cfg.dim) if cfg.mlp_hidden is None else check_positive_int("mlp_hidden", cfg.mlp_hidden)

@@ -14,7 +14,7 @@ plus an Adam-style second moment V. For a matrix parameter θ with gradient g_t 
 ``form="ema"`` (default; exponential moving averages):
 
     M1 ← β1·M1 + (1 − β1)·g_t,   V ← β2·V + (1 − β2)·g_t²,   V̂ = V / (1 − β2^t),   O1 = NS_T(M1)
-    θ  ← θ·(1 − η·λ) − η·(O1 + α·O2) / (√V̂ + ε)
+    θ  ← θ·(1 − η·λ) − η·(O1 + α·O2) / (max(√V̂, 0.1·RMS(√V̂)) + ε)      (floor: see below)
     every f steps, after the update:  M2 ← β3·M2 + (1 − β3)·(1/f)·Σ_{s=t−f+1..t} g_s,  O2 = NS_T(M2)
 
 O2 starts at 0 (NS of the zero matrix), so for steps 1..f only the fast term acts; the refresh at step
@@ -30,6 +30,14 @@ correction either. Conv-like parameters use the 2-D view (shape[0], prod(shape[1
 
 Note the update is not invariant to the gradient's scale (O has unit singular values, √V has the
 gradient's units), exactly as printed; η has to be tuned to the typical gradient size.
+
+Floor of √V̂ (``v_floor``, our addition). O is orthogonalised, so O_ij is not proportional to g_ij as
+Adam's m_ij is: O_ij / √V_ij is unbounded where one coordinate's gradients are tiny next to the rest of
+its matrix (measured: one entry at 1e-6 of the mean |g| moves 166 at η = 1e-3, 7e5x a typical entry;
+the shipped tiny.nl diverged to NaN in 5 steps). The denominator is therefore max(√V̂, f·RMS(√V̂)) + ε,
+with RMS over the parameter: coordinates at or above f times the matrix's typical gradient are untouched,
+smaller ones get at most 1/f times the typical step. f = 0.1 by default in the EMA form; the paper form
+keeps 0 (the printed update) unless ``v_floor`` is set.
 
 Cost per matrix: 5 state tensors of the parameter's size (M1, M2, V, gradient sum, cached O2); one NS
 per step plus one NS per f steps (equal shapes are batched into one call).
@@ -53,6 +61,18 @@ from nldsl.optim.common import (
 )
 
 FORMS = ("ema", "paper")
+V_FLOOR = 0.1
+"""Default floor of √V̂ (EMA form) relative to its matrix RMS; the paper form defaults to 0 (as printed)."""
+
+
+def floor_of(group: dict[str, Any]) -> float:
+    """The group's relative floor of √V̂: ``v_floor`` if set, else 0.1 (EMA form) or 0 (paper form).
+
+    ``get``: param groups restored from checkpoints written before the key existed get the default.
+    """
+    if group.get("v_floor") is not None:
+        return float(group["v_floor"])
+    return V_FLOOR if group["form"] == "ema" else 0.0
 
 
 class M3(NLOptimizer):
@@ -68,6 +88,8 @@ class M3(NLOptimizer):
         eps: ε added to √V.
         weight_decay: decoupled weight decay λ.
         form: "ema" (default) or "paper" (the printed accumulations).
+        v_floor: √V̂ is floored at v_floor·RMS(√V̂) of its matrix before dividing (module docstring);
+            None = 0.1 in the EMA form, 0 (exactly as printed) in the paper form.
         ns_bf16: on CUDA run NS in bfloat16 (fp32 accumulation).
         adamw_lr_ratio, adamw_betas, adamw_eps: the AdamW fallback (nldsl.optim.common).
     """
@@ -83,6 +105,7 @@ class M3(NLOptimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         form: str = "ema",
+        v_floor: float | None = None,
         ns_bf16: bool = False,
         adamw_lr_ratio: float = 1.0,
         adamw_betas: tuple[float, float] = (0.9, 0.999),
@@ -90,7 +113,7 @@ class M3(NLOptimizer):
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, alpha=alpha, slow_every=slow_every, ns_steps=ns_steps, eps=eps,
-            weight_decay=weight_decay, form=form, ns_bf16=ns_bf16, adamw_lr_ratio=adamw_lr_ratio,
+            weight_decay=weight_decay, form=form, v_floor=v_floor, ns_bf16=ns_bf16, adamw_lr_ratio=adamw_lr_ratio,
             adamw_betas=adamw_betas, adamw_eps=adamw_eps,
         )
         super().__init__(params, defaults)
@@ -102,6 +125,8 @@ class M3(NLOptimizer):
         check_pos_int("ns_steps", group["ns_steps"])
         check_nonneg("eps", group["eps"])
         check_choice("form", group["form"], FORMS)
+        if group["v_floor"] is not None:
+            check_nonneg("v_floor", group["v_floor"])
         check_bool("ns_bf16", group["ns_bf16"])
 
     def _init_state(self, p: Tensor) -> dict:
@@ -128,11 +153,15 @@ class M3(NLOptimizer):
         return to_matrix(state["fast_momentum"])  # (rows, cols)
 
     def _denominator(self, group: dict[str, Any], state: dict) -> Tensor:
-        """√V + ε (paper form) or √(V / (1 − β2^t)) + ε (EMA form)."""
+        """max(√V̂, floor·RMS(√V̂)) + ε with V̂ = V (paper form) or V / (1 − β2^t) (EMA form)."""
         v = state["second_moment"]
         if group["form"] == "ema":
             v = v / (1.0 - group["betas"][1] ** state["step"])
-        return v.sqrt().add_(group["eps"])
+        root = v.sqrt()
+        floor = floor_of(group)
+        if floor > 0:  # cap the preconditioner's range: O is not proportional to g, so O/√V is unbounded
+            root = torch.maximum(root, floor * v.mean().sqrt())  # RMS(√V̂) = √mean(V̂)
+        return root.add_(group["eps"])
 
     def _refresh_slow(self, group: dict[str, Any], params: list[Tensor]) -> None:
         """End of a slow block: fold the block's gradients into M2 and recompute O2 = NS_T(M2)."""

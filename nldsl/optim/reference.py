@@ -63,9 +63,13 @@ def muon_ref(w, grads, lr, momentum=0.95, nesterov=True, weight_decay=0.0, ns_st
 
 
 def m3_ref(w, grads, lr, betas=(0.9, 0.999, 0.9), alpha=0.5, slow_every=10, ns_steps=5, eps=1e-8,
-           weight_decay=0.0, form="ema") -> list[Tensor]:
-    """Algorithm 1 with its two loops: block k refreshes M2 from block k−1's gradients, then f fast steps."""
+           weight_decay=0.0, form="ema", v_floor=None) -> list[Tensor]:
+    """Algorithm 1 with its two loops: block k refreshes M2 from block k−1's gradients, then f fast steps.
+
+    The denominator is max(√V̂, floor·RMS(√V̂)) + ε, floor = v_floor or 0.1 (EMA) / 0 (paper, as printed).
+    """
     b1, b2, b3 = betas
+    floor = v_floor if v_floor is not None else (0.1 if form == "ema" else 0.0)
     shape, f = w.shape, slow_every
     w = _mat(_f64(w))
     m1, m2, v = torch.zeros_like(w), torch.zeros_like(w), torch.zeros_like(w)
@@ -82,10 +86,12 @@ def m3_ref(w, grads, lr, betas=(0.9, 0.999, 0.9), alpha=0.5, slow_every=10, ns_s
             t += 1
             if form == "paper":
                 m1, v = m1 + b1 * g, v + b2 * g * g
-                denom = v.sqrt() + eps
+                v_hat = v
             else:
                 m1, v = b1 * m1 + (1 - b1) * g, b2 * v + (1 - b2) * g * g
-                denom = (v / (1 - b2**t)).sqrt() + eps
+                v_hat = v / (1 - b2**t)
+            rms = math.sqrt(float(v_hat.mean()))
+            denom = v_hat.sqrt().clamp(min=floor * rms) + eps
             o1 = newton_schulz_ref(m1, ns_steps)
             w = w * (1 - lr * weight_decay) - lr * (o1 + alpha * o2) / denom
             out.append(w.reshape(shape))

@@ -27,7 +27,8 @@ def load(path_or_text: str | Path | Source) -> Spec:
     Raises:
         NLSyntaxError: the root text does not parse (one located diagnostic).
         SpecError: anything else that prevents building the spec, every problem at once
-            (syntax errors of imported files included).
+            (syntax errors of imported files included); its ``spec`` attribute holds the spec built
+            without the statements in error (``nldsl.checks.check`` runs the other checks on it).
     """
     source = _source(path_or_text)
     return build_spec(source)
@@ -54,7 +55,9 @@ def build_spec(tree_or_source: Tree | Source | str, source: Source | None = None
     spec = build_root(mod)
     diags = loader.diagnostics()
     if any(d.is_error for d in diags):
-        raise SpecError(diags)
+        err = SpecError(diags)
+        err.spec = spec  # what could be built, so `check` can still run the other checks on it
+        raise err
     return spec
 
 

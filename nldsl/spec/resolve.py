@@ -20,7 +20,7 @@ from nldsl.errors import NLSyntaxError, SpecError
 from nldsl.source import Diagnostic, Severity, Source, Span
 from nldsl.spec import model as m
 from nldsl.spec.build import Builder, Env, unquote
-from nldsl.syntax import parse
+from nldsl.syntax import MAX_BYTES, parse, source_text
 
 MAX_IMPORT_DEPTH = 64
 """Longest chain of imports (a imports b imports c ...) followed; deeper chains get NL119."""
@@ -327,8 +327,8 @@ def build_root(mod: Module) -> m.Spec:
                           f"the first is at line {found[0].meta.line}; a file describes one {kind}")
         if found:
             parts[kind] = build_model(mod, found[0]) if kind == "model" else build_train(mod, found[0])
-    return m.Spec(span=Span(path=mod.source.path, line=1, col=1, end_line=max(1, mod.source.text.count("\n") + 1),
-                            end_col=1),
+    lines = source_text(mod.source.text).count("\n") + 1
+    return m.Spec(span=Span(path=mod.source.path, line=1, col=1, end_line=lines, end_col=1),
                   path=mod.source.path, imports=tuple(mod.imports),
                   consts=tuple(mod.consts.values()), blocks=tuple(e.definition for e in mod.blocks.values()),
                   **parts)
@@ -338,19 +338,39 @@ def build_root(mod: Module) -> m.Spec:
 
 
 def read_source(path: str, builder: Builder | None = None, stmt: Tree | None = None) -> Source | None:
-    """Read a `.nl` file; failures become NL115 at the import (or at the file itself)."""
+    """Read a `.nl` file; failures become NL115 (NL106 when too large) at the import or at the file itself.
+
+    At most ``MAX_BYTES`` are read: a huge file, or a device or pipe that never ends (``/dev/zero``), is
+    reported without being loaded into memory.
+    """
     try:
-        if Path(path).is_dir():
+        data = Path(path)
+        if data.is_dir():
             raise IsADirectoryError(f"'{path}' is a directory")
-        return Source.from_path(path)
+        if data.is_file():
+            if data.stat().st_size <= MAX_BYTES:
+                return Source.from_path(path)
+            return _too_large(path, builder, stmt)
+        with open(path, "rb") as stream:  # a device or a pipe
+            raw = stream.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            return _too_large(path, builder, stmt)
+        return Source(path=str(path), text=raw.decode("utf-8", errors="replace"))
     except (OSError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        message = f"cannot read '{path}': {reason}"
-        if builder is not None and stmt is not None:
-            builder.error("NL115", stmt, message, "paths are relative to the importing file")
-            return None
-        raise SpecError([Diagnostic(code="NL115", severity=Severity.error, span=Span.point(str(path)),
-                                    message=message)]) from None
+        return _unreadable("NL115", path, f"cannot read '{path}': {reason}", builder, stmt)
+
+
+def _too_large(path: str, builder: Builder | None, stmt: Tree | None) -> None:
+    return _unreadable("NL106", path, f"'{path}' is larger than {MAX_BYTES // 2**20} MB", builder, stmt)
+
+
+def _unreadable(code: str, path: str, message: str, builder: Builder | None, stmt: Tree | None) -> None:
+    if builder is not None and stmt is not None:
+        builder.error(code, stmt, message, "paths are relative to the importing file" if code == "NL115"
+                      else "split it into files that import each other")
+        return None
+    raise SpecError([Diagnostic(code=code, severity=Severity.error, span=Span.point(str(path)), message=message)])
 
 
 def _const_order(own: dict[str, Tree], builder: Builder) -> tuple[list[str], set[str]]:

@@ -66,8 +66,12 @@ def test_configs_come_from_the_plan():
     assert [lv.lr for lv in cms.levels[2:3]] == [1e-4] and cms.levels[0].objective == "task"
     mem = _modules(build_small("titans").model, NeuralMemory)[0].config
     assert (mem.lr_mode, mem.retention_mode, mem.momentum_mode, mem.chunk_size) == ("data", "data", "data", 8)
-    assert mem.lr == pytest.approx(0.01) and mem.objective == "l2" and not mem.dgd
-    assert mem.lr_activation == "sigmoid", "lr = data(sigmoid, scale = 0.01): 0.01 * sigmoid(W x + b)"
+    assert mem.objective == "l2" and not mem.dgd
+    assert (mem.lr_activation, mem.lr) == ("sigmoid", pytest.approx(0.005)), \
+        "lr = data(sigmoid, scale = 0.01): 0.01 * sigmoid(W x + b) = 2 * 0.005 * sigmoid(W x + b)"
+    rate = _modules(build_small("titans").model, NeuralMemory)[0].lr_rate
+    eta = rate(100 * torch.randn(2, 5, 48), torch.float32)
+    assert eta.shape == (2, 4, 5) and 0 <= eta.min() and eta.max() <= 0.01 and eta.std() > 1e-3
     attn = _modules(build_small("hope_attention").model, CausalSelfAttention)[0]
     assert attn.q_norm is not None and attn.k_norm is not None and (attn.kv_heads, attn.window) == (attn.n_heads, 0)
 
@@ -131,10 +135,11 @@ def test_component_of_names_the_spec_component():
      "data-dependent retain uses sigmoid", "NL502"),
     ("component m : neural_memory(persistent = 4) { update every 4 tokens  objective l2  optimizer gd }",
      "persistent memory tokens", "NL501"),
-    ("component m : neural_memory { update every 4 tokens  objective huber  optimizer gd }", "huber", "NL501"),
+    ("component m : neural_memory { update every 4 tokens  objective l2  optimizer gd  init zeros }",
+     "init meta", "NL501"),
     ("component c : cms { objective task  level f : mlp(depth = 3) { update every 4 tokens  optimizer gd } }",
      "residual 2-layer", "NL501"),
-], ids=["init-widths", "init-periods", "rate-activation", "persistent", "huber", "cms-depth"])
+], ids=["init-widths", "init-periods", "rate-activation", "persistent", "init-zeros", "cms-depth"])
 def test_what_the_runtime_cannot_run_is_a_located_error(body, line_text, code):
     if code == "NL502":
         diags = _lower_text(body).notes.items
@@ -193,3 +198,29 @@ def test_examples_lower_without_compile_or_gpu():
     p = plan(example("continual"))
     low = lower(p)
     assert [type(o).__name__ for o in low.optimizers] == ["AdamW"] and len(low.schedulers) == 1
+
+
+SMT = """component t : self_modifying_titans(heads = 2) {
+    update every 4 tokens  objective l2(target = self)
+    optimizer dgd(lr = memory(eta), retain = memory(alpha), momentum = data(sigmoid, scale = 0.5))
+    memory k : mlp(depth = 2)  memory v : mlp(depth = 2)  memory eta : mlp(depth = 2)  memory alpha : mlp(depth = 2)
+    memory mem : linear { update every 8 tokens  optimizer gd(lr = memory(eta), retain = memory(alpha))
+                          init meta(grad = stopgrad) } }"""
+
+
+def test_self_modifying_memories_keep_their_own_settings():
+    low = _lower_text(SMT)
+    cfg = _modules(low.model, SelfModifyingTitans)[0].config
+    assert (cfg.depth, cfg.proj_depth, cfg.dgd, cfg.proj_dgd) == (1, 2, False, True)
+    assert (cfg.momentum_mode, cfg.momentum, cfg.stopgrad_memories) == ("data", pytest.approx(0.45), ("mem",))
+    assert (cfg.chunk_size, cfg.proj_chunk_size, cfg.proj_heads) == (8, 4, 1) and low.notes.items == []
+
+
+@pytest.mark.parametrize("objective,expected", [("huber(delta = 0.5)", ("huber", 0.5, 3.0)),
+                                                ("lp(p = 4)", ("lp", 1.0, 4.0)), ("dot", ("dot", 1.0, 3.0))])
+def test_neural_memory_objectives_are_lowered(objective, expected):
+    low = _lower_text(f"component m : neural_memory {{ update every 4 tokens  objective {objective}  optimizer gd }}")
+    cfg = _modules(low.model, NeuralMemory)[0].config
+    assert (cfg.objective, cfg.huber_delta, cfg.lp_power) == expected
+    y, _ = low.model(torch.randint(0, 256, (1, 9)))
+    assert torch.isfinite(y).all()

@@ -94,6 +94,27 @@ def test_task_levels_equal_the_token_reference(rate, variant, init):
     assert all(v.abs().max() > 1e-4 for k in ref if k != "pos" for v in ref[k]["delta"].values())
 
 
+def test_a_data_rate_weights_only_the_surprise_not_the_outer_gradient():
+    """A task level reads the same with or without a rate: the base and input gradients must be too."""
+    lv = dict(hidden=6, period=2, lr=0.3, kind="mlp", bias=True, activation="silu")
+    data = _randomize(CMS(dim=D, levels=[dict(lr_mode="data", **lv)]).double())
+    const = CMS(dim=D, levels=[lv]).double()
+    const.load_state_dict(data.state_dict(), strict=False)
+    x = torch.randn(2, 5, D, dtype=torch.float64)
+    _, state = data(torch.randn(2, 3, D, dtype=torch.float64))
+    state["level0"]["delta"] = {k: torch.randn_like(v) for k, v in state["level0"]["delta"].items()}
+    grads = []
+    for cms in (data, const):
+        xi = x.clone().requires_grad_()
+        delta = {k: v.clone().requires_grad_() for k, v in state["level0"]["delta"].items()}
+        y, _ = cms(xi, {**state, "level0": {**state["level0"], "delta": delta}})
+        y.pow(2).sum().backward()
+        grads.append((xi.grad, cms.bases[0]["w1"].grad, delta["w1"].grad))
+    assert_rel_close(grads[0][0], grads[1][0], 1e-12, "input")
+    assert_rel_close(grads[0][1], grads[1][1], 1e-12, "base")
+    assert rel_err(grads[0][2], grads[1][2]) > 1e-3, "the delta's gradient is rate-weighted"
+
+
 def _outer_grad(cms: CMS, name: str, task: bool) -> torch.Tensor | None:
     x = torch.randn(2, 13, D, dtype=torch.float64)
     cms.zero_grad(set_to_none=True)
@@ -204,7 +225,8 @@ def test_nested_follows_any_data_order_with_explicit_transfers():
     assert_rel_close(y, y_ref, 1e-10, "y")
     _assert_states(state, ref, 1e-10)
     with pytest.raises(ValueError, match="one shared base"):
-        CMS(dim=D, variant="nested", levels=[dict(period=2, **mlp), dict(period=6, **mlp), dict(period=3, init_from=1, **mlp)])
+        CMS(dim=D, variant="nested",
+            levels=[dict(period=2, **mlp), dict(period=6, **mlp), dict(period=3, init_from=1, **mlp)])
 
 
 def test_compiles_with_rates_and_init_transfers_without_graph_breaks():

@@ -31,6 +31,9 @@ CASES = {
     "titans_like": dict(depth=2, objective="l2", lr=0.03, lr_mode="data", retention=0.95, retention_mode="data",
                         momentum=0.9, momentum_mode="data", conv_size=4, qkv_activation="silu",
                         output_norm=True, output_gate=True),
+    "mlp2_huber_dgd": dict(depth=2, objective="huber", huber_delta=0.3, dgd=True, lr=0.2, momentum=0.5),
+    "linear_lp3_bounded_data_lr": dict(depth=1, objective="lp", lp_power=3.0, lr=0.2, lr_mode="data",
+                                       lr_activation="sigmoid", retention=0.9, retention_mode="data"),
 }
 
 
@@ -197,11 +200,12 @@ def test_empty_piece_and_bf16_smoke():
 
 @pytest.mark.parametrize("bad, match", [
     (dict(dim=0), "dim"), (dict(dim=6, n_heads=4), "divisible"), (dict(depth=0), "depth"),
-    (dict(chunk_size=0), "chunk_size"), (dict(objective="huber"), "objective"), (dict(lr=-1.0), "lr"),
+    (dict(chunk_size=0), "chunk_size"), (dict(objective="hinge"), "objective"), (dict(lr=-1.0), "lr"),
     (dict(lr=float("nan")), "lr"), (dict(retention=1.5), "retention"),
     (dict(retention=1.0, retention_mode="data"), "retention"), (dict(momentum=1.0), "momentum"),
     (dict(momentum=0.0, momentum_mode="learned"), "momentum"), (dict(lr_mode="adaptive"), "lr_mode"),
-    (dict(activation="swish"), "activation"),
+    (dict(activation="swish"), "activation"), (dict(lr_activation="exp"), "lr_activation"),
+    (dict(objective="huber", huber_delta=0.0), "huber_delta"), (dict(objective="lp", lp_power=0.5), "lp_power"),
 ], ids=lambda v: str(v) if isinstance(v, str) else "-".join(f"{k}={w}" for k, w in v.items()))
 def test_bad_config_raises_clear_value_error(bad, match):
     kw = dict(dim=8, n_heads=2)

@@ -59,6 +59,8 @@ VARIANTS = {
                                 eta_scale=0.02, momentum=0.0),
     "stopgrad": dict(stopgrad=True),
     "learned_momentum": dict(momentum=0.7, momentum_mode="learned"),
+    "data_momentum": dict(momentum=0.7, momentum_mode="data"),
+    "own_bank_depth_act_gd": dict(proj_depth=1, proj_activation="tanh", proj_dgd=False, activation="gelu"),
     "stopgrad_v_and_mem": dict(stopgrad_memories=("v", "mem")),
     "full_width_no_v_norm": dict(proj_heads=1, v_norm=False),
     "proj_in": dict(proj_in=True),
@@ -105,6 +107,7 @@ def test_sequences_in_a_batch_never_see_each_others_writes():
 GRADIENTS = {
     "unrolled": dict(),
     "learned_momentum": dict(momentum=0.6, momentum_mode="learned"),
+    "data_momentum": dict(momentum=0.6, momentum_mode="data"),
     "stopgrad_v_and_mem": dict(stopgrad_memories=("v", "mem")),
     "stopgrad_k_alpha": dict(stopgrad_memories=("k", "alpha")),
 }
@@ -122,6 +125,8 @@ def test_meta_gradients_match_reference(variant):
     assert g[names.index("bank_init.0")].abs().sum() > 0 and g[names.index("mem_init.0")].abs().sum() > 0
     if smt.momentum_raw is not None:
         assert g[names.index("momentum_raw")].abs().min() > 0  # every memory head's β learns
+    if smt.momentum_readout is not None:
+        assert g[names.index("momentum_readout.bias")].abs().min() > 0
 
 
 def test_per_memory_stopgrad_cuts_only_those_writes():
@@ -186,7 +191,7 @@ def test_eta_is_capped_by_the_step_budget(mode):
     with torch.no_grad():
         smt.eta_readout.bias.fill_(30.0)  # a saturated read-out: η = η_max
     H = smt.config.n_heads
-    log_beta = smt.log_momentum(F64)
+    log_beta = smt.log_momentum(torch.zeros(1, 1, 8, dtype=F64))
     keep = 1 - torch.exp(log_beta)
     cap_mem, cap_bank = smt.eta_max(log_beta, F64)
     assert_rel_close(cap_mem, 0.5 * keep[:H] / (2 * 4), 1e-12, "η_max of M_mem")
@@ -250,9 +255,10 @@ def test_checkpointed_chunks_give_identical_gradients():
     (dict(proj_chunk_size=-2), "proj_chunk_size"), (dict(momentum=1.0), "momentum"),
     (dict(alpha_init=1.0), "alpha_init"), (dict(eta_scale=0.0), "eta_scale"),
     (dict(eta_scale=float("inf")), "eta_scale"), (dict(mem_objective="dot"), "mem_objective"),
-    (dict(step_budget=0.0), "step_budget"), (dict(momentum_mode="data"), "momentum_mode"),
+    (dict(step_budget=0.0), "step_budget"), (dict(momentum_mode="adaptive"), "momentum_mode"),
     (dict(momentum=0.0, momentum_mode="learned"), "momentum"), (dict(checkpoint_chunks=-1), "checkpoint_chunks"),
-    (dict(stopgrad_memories=("q",)), "stopgrad_memories"), (dict(stopgrad_memories=("w",)), "stopgrad_memories"),
+    (dict(stopgrad_memories=("q",)), "stopgrad_memories"), (dict(proj_activation="swish"), "proj_activation"),
+    (dict(proj_depth=0), "proj_depth"), (dict(stopgrad_memories=("w",)), "stopgrad_memories"),
 ], ids=lambda v: str(v) if isinstance(v, str) else "-".join(f"{k}={w}" for k, w in v.items()))
 def test_bad_config_raises_clear_value_error(bad, match):
     fields = dict(dim=8, n_heads=2)

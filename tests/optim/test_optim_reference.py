@@ -212,3 +212,24 @@ def test_deep_momentum_memory_learns_alternating_gradients():
         opt.step()
         losses.append(float(opt.state[w]["inner_loss"]))
     assert sum(losses[-20:]) / 20 < 0.1 * losses[1]
+
+
+@pytest.mark.parametrize("form", ["ema", "paper"])
+def test_m3_floor_bounds_a_coordinate_with_tiny_gradients(form):
+    """O is orthogonalised, so O/√V is unbounded where one gradient entry is tiny; the √V̂ floor caps it.
+
+    Without the floor (v_floor=0, the printed update) one entry at 1e-6 of the mean |g| moved ~1e5x more
+    than a typical entry; with it, at most 1/v_floor = 10x the typical step (times O's spread).
+    """
+    gen = torch.Generator().manual_seed(3)
+    g = torch.randn(16, 16, generator=gen)
+    g[0, 0] = 1e-6 * g.abs().mean()
+    moves = {}
+    for floor in (0.0, 0.1):
+        w = torch.nn.Parameter(torch.zeros(16, 16))
+        opt = M3([w], lr=1e-3, form=form, v_floor=floor)
+        w.grad = g.clone()
+        opt.step()
+        moves[floor] = (float(w.detach()[0, 0].abs()), float(w.detach()[1:].abs().median()))
+    assert moves[0.0][0] > 1e4 * moves[0.0][1]  # the printed update explodes there
+    assert moves[0.1][0] < 50 * moves[0.1][1]

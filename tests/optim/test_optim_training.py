@@ -60,7 +60,7 @@ CASES = {
     "m3_ema": (M3, dict(lr=0.02), 400, 10, dict(lr=3e-4), 10),
     # Algorithm 1's sums never forget: M1 keeps pointing along the early gradients after the iterate
     # passes the minimum, and √V grows like √t, so on the quadratic the printed form only creeps down
-    # (1.5x in 400 steps against 67x for the EMA form); it does train the MLP.
+    # (1.5x in 400 steps against 55x for the EMA form); it does train the MLP.
     "m3_paper": (M3, dict(lr=0.01, form="paper"), 400, 1.3, dict(lr=1e-3, form="paper"), 5),
     "delta_momentum": (DeltaMomentum, dict(lr=0.03), 200, 10, dict(lr=0.03), 10),
     "deep_momentum": (DeepMomentum, dict(lr=0.01), 200, 10, dict(lr=0.01), 10),

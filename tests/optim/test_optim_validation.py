@@ -37,6 +37,8 @@ SPECIFIC = {
     "m3_slow_every_float": (M3, dict(slow_every=2.5), "slow_every must be an int >= 1"),
     "m3_eps_negative": (M3, dict(eps=-1e-8), "eps must be >= 0"),
     "m3_form_unknown": (M3, dict(form="adam"), "form must be one of 'ema', 'paper'"),
+    "m3_v_floor_negative": (M3, dict(v_floor=-0.1), "v_floor must be >= 0"),
+    "m3_v_floor_nan": (M3, dict(v_floor=math.nan), "v_floor must be finite"),
     "delta_beta_one": (DeltaMomentum, dict(beta=1.0), r"beta must be in \[0, 1\)"),
     "delta_delta_above_one": (DeltaMomentum, dict(delta=1.5), r"delta must be in \[0, 1\]"),
     "delta_raw_delta_negative": (DeltaMomentum, dict(delta=-0.1, normalize=False), "delta must be >= 0"),
