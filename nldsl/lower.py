@@ -21,7 +21,7 @@ from torch import nn
 
 from nldsl.lower_errors import LowerError, Notes, located
 from nldsl.lower_levels import level_optimizer
-from nldsl.model import FlowBlock, NLModel, Sublayer
+from nldsl.model import FlowBlock, NLModel, Sublayer, module_key
 from nldsl.nn.layers import RMSNorm, ShortConv
 from nldsl.outer import OPTIMIZERS, OuterLoop, schedule
 from nldsl.plan import ComponentPlan, OptimizerPlan, Plan
@@ -119,7 +119,7 @@ def _flow_block(plan: Plan, ctx: Ctx, flow: tuple[str, ...], rep: int, prefix: s
         where = f"{c.span}: in '{path}' ({c.kind}, copy {rep + 1} of {c.repeat})"
         subs[c.name] = Sublayer(fn, pre, entry.residual, entry.stateful, where)
         rel = entry.owners(fn, c, plan) if entry.owners else {n: (path,) for n, _ in fn.named_parameters()}
-        base = f"{prefix}.sublayers.{c.name}"
+        base = f"{prefix}.sublayers.{module_key(c.name)}"
         paths.update({f"{base}.fn.{n}": owners for n, owners in rel.items()})
         if pre is not None:
             paths.update({f"{base}.norm.{n}": (path,) for n, _ in pre.named_parameters()})

@@ -101,16 +101,28 @@ class Sublayer(nn.Module):
             raise ComponentError(f"{self.where}: {err}") from err
 
 
+_TAKEN = nn.ModuleDict()
+
+
+def module_key(name: str) -> str:
+    """The ``nn.ModuleDict`` key of a component: its name, or ``name-`` where the name is an attribute of
+    the container (``items``, ``forward``, ``training``, ...). ``-`` cannot occur in a .nl name, so the
+    mangled key never meets another component's."""
+    return f"{name}-" if hasattr(_TAKEN, name) or name in ("_modules", "_parameters", "_buffers") else name
+
+
 class FlowBlock(nn.Module):
-    """The components of one block (or one model-level component) in flow order."""
+    """The components of one block (or one model-level component) in flow order; state is keyed by the
+    components' own names, parameters by ``module_key(name)``."""
 
     def __init__(self, sublayers: dict[str, Sublayer]):
         super().__init__()
-        self.sublayers = nn.ModuleDict(sublayers)
+        self.names = tuple(sublayers)
+        self.sublayers = nn.ModuleDict({module_key(n): sub for n, sub in sublayers.items()})
 
     def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
         out: dict = {}
-        for name, sub in self.sublayers.items():
+        for name, sub in zip(self.names, self.sublayers.values()):
             x, st = sub(x, None if state is None else state.get(name))
             if st is not None:
                 out[name] = st

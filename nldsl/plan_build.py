@@ -126,12 +126,13 @@ def model_settings(spec: m.Spec) -> dict:
 
 
 def _width(graph: LevelGraph, path: str, dim: int) -> int:
-    """The input width of a component: model dim, or the per-head width of a self-modifying memory."""
+    """The input width of a component: model dim, or the per-head width of a self-modifying memory (every
+    memory of a self-modifying Titans works per head, so ``hidden = 4 * dim`` means 4x the head width)."""
     parent = graph.parent(path)
     if parent is None or graph.component(parent).kind != "self_modifying_titans":
         return dim
     heads = py(graph.component(parent).get("heads")) or 1
-    return dim // heads if graph.component(path).name == "mem" else dim
+    return dim // heads
 
 
 def _period(graph: LevelGraph, path: str) -> Period:

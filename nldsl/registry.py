@@ -199,14 +199,14 @@ def self_modifying(c: ComponentPlan, ctx: Ctx) -> nn.Module:
                          "number, learned(x) or data(sigmoid, ...), not from a memory")
     momentum, momentum_mode = rate(beta, ctx, rule.span or c.span) if beta is not None else (0.0, "constant")
     cut = tuple(k.name for k in mems if k.rule.grad == "stopgrad")
+    head = ctx.dim // c.get("heads")
     return SelfModifyingTitans.Config(
-        dim=ctx.dim, n_heads=c.get("heads"), proj_heads=1,
+        dim=ctx.dim, n_heads=c.get("heads"),  # per-head memories: hidden widths are per head
         depth=_depth(mem), proj_depth=_same({k.name: _depth(k) for k in bank}, "depth", c.span, hint),
         activation=mem.get("activation") or "silu",  # a linear memory has no activation
         proj_activation=_same({k.name: k.get("activation") for k in bank}, "activation", c.span, hint) or "silu",
-        hidden_mult=(mem.get("hidden") or ctx.dim // c.get("heads")) / (ctx.dim // c.get("heads")),
-        proj_hidden_mult=(_same({k.name: k.get("hidden") for k in bank}, "hidden width", c.span, hint)
-                          or ctx.dim) / ctx.dim,  # a linear memory (depth 1) has no hidden layer
+        hidden_mult=(mem.get("hidden") or head) / head,  # a linear memory (depth 1) has no hidden layer
+        proj_hidden_mult=(_same({k.name: k.get("hidden") for k in bank}, "hidden width", c.span, hint) or head) / head,
         chunk_size=mem.period.every,
         proj_chunk_size=_same({k.name: k.period.every for k in bank}, "chunk", c.span, hint),
         mem_objective="self" if dict(mem.rule.objective_args).get("target") == "self" else "l2",

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from nldsl.nn.cms_ops import (  # noqa: F401  (act_fn, act_grad: re-exported)
     ACTIVATIONS, KINDS, LR_ACTIVATIONS, LR_MODES, EtaWeighted, LevelRate, act_fn, act_grad, init_weight, l2_grads,
     mlp_apply, mlp_weights, param_shapes)
-from nldsl.nn.layers import RMSNorm, check_finite, check_positive_int, compute_dtype
+from nldsl.nn.layers import RMSNorm, check_finite, check_positive_int, compute_dtype, split_spans
 
 OBJECTIVES = ("task", "l2")
 VARIANTS = ("sequential", "independent", "nested")
@@ -222,11 +222,11 @@ class CMS(nn.Module):
         starts = [0] + [p - pos0 for p in range((pos0 // C + 1) * C, pos0 + T, C)]
         if lv.objective == "task":  # no writes inside a pure forward: only a pending update can apply
             starts = starts[:2] if lst is not None and pos0 % C else [0]
-        outs = []
-        for a, b in zip(starts, starts[1:] + [T]):
+        outs, bounds = [], list(zip(starts, starts[1:] + [T]))
+        for (a, b), piece in zip(bounds, split_spans(u, [b - a for a, b in bounds], 1)):
             if lst is not None and (pos0 + a) % C == 0:
                 lst = self._apply_pending(s, lst)
-            o = self._span(s, u[:, a:b], lst)
+            o = self._span(s, piece, lst)
             if isinstance(o, tuple):
                 o, lst = o
             outs.append(o)
@@ -308,8 +308,8 @@ class CMS(nn.Module):
         cuts = sorted({p - pos0 for C in periods if C for p in range((pos0 // C + 1) * C, pos0 + T, C)})
         d_in = [None if lst is None else lst.get("delta") for lst in st]
         agg = self._agg_weights(x.dtype) if self.variant == "independent" else None
-        outs = []
-        for a, b in zip([0] + cuts, cuts + [T]):
+        outs, bounds = [], list(zip([0] + cuts, cuts + [T]))
+        for (a, b), piece in zip(bounds, split_spans(x, [b - a for a, b in bounds], 1)):
             p = pos0 + a
             for s in self._topo:
                 src, C = self.levels[s].init_from, periods[s]
@@ -317,7 +317,7 @@ class CMS(nn.Module):
                     st[s] = self._reinit(s, st[src], d_in)
                 elif C and p % C == 0 and st[s] is not None:
                     st[s] = self._apply_pending(s, st[s])
-            xs, y = x[:, a:b], x[:, a:b]
+            xs, y = piece, piece
             for s in range(len(self.levels)):
                 o = self._span(s, y if agg is None else xs, st[s])
                 if isinstance(o, tuple):

@@ -20,6 +20,8 @@ import importlib.util
 import torch
 from torch import Tensor
 
+from nldsl.nn.layers import split_spans
+
 __all__ = ["chunk_gated_delta_rule", "fla_available", "FLA_INSTALLED"]
 
 FLA_INSTALLED: bool = importlib.util.find_spec("fla") is not None
@@ -73,10 +75,10 @@ def _torch_chunked(q, k, v, g, beta, h0, output_final_state, chunk_size, scale):
     q, k, v = (x.transpose(1, 2).to(cd) for x in (q, k, v))  # (B, H, T, ·)
     g, beta = (x.transpose(1, 2).to(cd) for x in (g, beta))  # (B, H, T)
     h = h0.to(cd) if h0 is not None else q.new_zeros(B, H, K, V)
-    outs = []
-    for t0 in range(0, T, chunk_size):
-        sl = slice(t0, min(t0 + chunk_size, T))
-        o, h = _chunk(q[..., sl, :] * scale, k[..., sl, :], v[..., sl, :], g[..., sl], beta[..., sl], h)
+    outs, lengths = [], [min(chunk_size, T - t0) for t0 in range(0, T, chunk_size)]
+    pieces = zip(*(split_spans(x, lengths, -2) for x in (q, k, v)), *(split_spans(x, lengths, -1) for x in (g, beta)))
+    for qc, kc, vc, gc, bc in pieces:
+        o, h = _chunk(qc * scale, kc, vc, gc, bc, h)
         outs.append(o)
     o = torch.cat(outs, dim=-2) if outs else v.new_zeros(B, H, 0, V)
     return o.transpose(1, 2).to(v.dtype), (h if output_final_state else None)

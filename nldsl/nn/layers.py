@@ -25,6 +25,7 @@ __all__ = [
     "check_positive_int",
     "check_finite",
     "compute_dtype",
+    "split_spans",
 ]
 
 
@@ -48,6 +49,18 @@ def check_finite(name: str, value, minimum: float | None = None) -> float:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype to accumulate in: float32 for half types, the dtype itself otherwise (float64 stays)."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def split_spans(x: Tensor | None, lengths: list[int], dim: int) -> list[Tensor | None]:
+    """``x`` cut into consecutive pieces of ``lengths`` along ``dim`` (``None`` stays ``None`` per piece).
+
+    Why not ``x[..., a:b]`` in the chunk loop: the backward of each slice writes a zero tensor of the
+    whole sequence and adds it into ``x.grad`` (O(T) per chunk, O(T²/C) per sequence); ``torch.split``'s
+    backward concatenates the piece gradients once.
+    """
+    if x is None:
+        return [None] * len(lengths)
+    return list(torch.split(x, lengths, dim=dim))
 
 
 # -------------------------------------------------------------------------------------------- RMSNorm

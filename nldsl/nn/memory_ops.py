@@ -26,6 +26,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from nldsl.nn.functional import activation, chunk_decay_weights, dgd_rate
+from nldsl.nn.layers import split_spans
 
 __all__ = [
     "MemoryRule",
@@ -324,21 +325,20 @@ def memory_scan(
     ``q``) and the new state.
     """
     T, C = k.shape[-2], rule.chunk_size
+    w, snap, s, pos = unpack_state(rule, state)
+    segments = chunk_segments(T, C, pos)
+    lengths, index = [n for _, n in segments], {t0: i for i, (t0, _) in enumerate(segments)}
+    ks, vs, qs = (split_spans(x, lengths, -2) for x in (k, v, q))
+    etas, alphas, betas = (split_spans(x, lengths, -1) for x in (eta, log_alpha, log_beta))
 
     def step(carry, t0: int, n: int):
         w, snap, s, pos = carry
-        sl = slice(t0, t0 + n)
-        y, w, s = memory_segment(
-            rule, snap, w, s, k[..., sl, :], v[..., sl, :], eta[..., sl],
-            None if log_alpha is None else log_alpha[..., sl],
-            None if log_beta is None else log_beta[..., sl],
-            None if q is None else q[..., sl, :],
-        )
+        i = index[t0]
+        y, w, s = memory_segment(rule, snap, w, s, ks[i], vs[i], etas[i], alphas[i], betas[i], qs[i])
         pos = (pos + n) % C
         return y, (w, w if pos == 0 else snap, s, pos)
 
-    w, snap, s, pos = unpack_state(rule, state)
-    ys, (w, snap, s, pos) = chunk_loop(step, (w, snap, s, pos), chunk_segments(T, C, pos), checkpoint_every)
+    ys, (w, snap, s, pos) = chunk_loop(step, (w, snap, s, pos), segments, checkpoint_every)
     y = None
     if q is not None:
         y = torch.cat(ys, dim=-2) if ys else q.new_zeros(*q.shape[:-1], w[-1].shape[-2])

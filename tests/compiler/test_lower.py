@@ -60,7 +60,7 @@ def test_configs_come_from_the_plan():
     assert (titans.n_heads, titans.chunk_size, titans.proj_chunk_size, titans.dgd) == (2, 8, 4, True)
     assert (titans.mem_objective, titans.stopgrad, titans.conv_size, titans.qk_norm) == ("self", False, 4, True)
     assert (titans.momentum, titans.momentum_mode, titans.stopgrad_memories) == (0.9, "learned", ("mem",))
-    assert (titans.proj_heads, titans.proj_hidden_mult) == (1, 4.0), "full-width projection memories (the plan's)"
+    assert (titans.proj_heads, titans.proj_hidden_mult) == (2, 4.0), "per-head projection memories (the plan's)"
     cms = _modules(c.model, CMS)[0]
     assert [lv.period for lv in cms.levels] == [8, 32, 128, None]
     assert [lv.lr for lv in cms.levels[2:3]] == [1e-4] and cms.levels[0].objective == "task"
@@ -213,7 +213,7 @@ def test_self_modifying_memories_keep_their_own_settings():
     cfg = _modules(low.model, SelfModifyingTitans)[0].config
     assert (cfg.depth, cfg.proj_depth, cfg.dgd, cfg.proj_dgd) == (1, 2, False, True)
     assert (cfg.momentum_mode, cfg.momentum, cfg.stopgrad_memories) == ("data", pytest.approx(0.45), ("mem",))
-    assert (cfg.chunk_size, cfg.proj_chunk_size, cfg.proj_heads) == (8, 4, 1) and low.notes.items == []
+    assert (cfg.chunk_size, cfg.proj_chunk_size, cfg.proj_heads) == (8, 4, cfg.n_heads) and low.notes.items == []
 
 
 @pytest.mark.parametrize("objective,expected", [("huber(delta = 0.5)", ("huber", 0.5, 3.0)),

@@ -44,8 +44,9 @@ def test_symbolic_defaults_are_resolved(name):
 
 def test_resolved_widths_follow_the_catalog_rules():
     p = plan(example("tiny"))
-    assert p.component("tiny_hope[0].titans.k").get("hidden") == 4 * 64  # 4 * dim
-    assert p.component("tiny_hope[0].titans.mem").get("hidden") == 4 * (64 // 4)  # per head of mem
+    # every memory of a self-modifying Titans works per head: 4 * dim = 4x the head width
+    assert p.component("tiny_hope[0].titans.k").get("hidden") == 4 * (64 // 4)
+    assert p.component("tiny_hope[0].titans.mem").get("hidden") == 4 * (64 // 4)
     assert p.component("tiny_hope[0].ffn.fast").get("hidden") == 256
     assert p.component("head").get("tied") is True
     titans = plan(example("titans"))
@@ -109,8 +110,8 @@ train { optimizer muon(lr = 0.02) for matrices  optimizer adamw for embeddings, 
 def test_plan_json_has_spans_and_resolved_values():
     data = json.loads(plan(example("hope")).to_json())
     comp = next(c for c in data["components"] if c["path"] == "hope[0].ffn.fast")
-    assert comp["config"]["hidden"] == 3072
-    assert comp["span"].endswith("hope.nl:35:11")
+    assert comp["config"]["hidden"] == 768  # hidden = dim, parameter-matched to transformer.nl
+    assert comp["span"].endswith("hope.nl:37:11")
     assert comp["period"] == {"kind": "tokens", "every": 64, "reduce": None}
     assert data["train"]["compile"] == {"enabled": True, "mode": "default", "fullgraph": False, "dynamic": False}
 

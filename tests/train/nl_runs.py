@@ -93,21 +93,3 @@ def mem_spec(tmp_path: Path) -> Path:
     path = tmp_path / "mem.nl"
     path.write_text(MEM_NL, encoding="utf-8")
     return path
-
-
-def xfail_if_tiny_diverges() -> None:
-    """Mark a tiny.nl test as an expected failure while the runtime's self-modifying Titans returns NaN on the
-    first training batch (the same guard as tests/compiler/test_semantics.py); it runs fully once it does not."""
-    import pytest
-
-    from nldsl.build import build
-    from nldsl.datasets import BatchSampler, load_text, tokenize_split
-    from nldsl.tokenizer import ByteTokenizer
-
-    torch.manual_seed(0)
-    compiled = build(TINY, overrides=dict(item.split("=", 1) for item in TINY_SET))
-    data = tokenize_split(load_text("builtin:shakespeare"), ByteTokenizer())
-    batch = next(BatchSampler(data.train, 2, 128, seed=0))
-    with torch.no_grad():
-        if not torch.isfinite(compiled.model(batch[:, :-1])[0]).all():
-            pytest.xfail("the runtime's SelfModifyingTitans (nldsl/nn/self_modifying.py) diverges on this input")

@@ -16,8 +16,7 @@ from nldsl.codegen import Names, generate, safe_comment, write_script
 from nldsl.datasets import DataError
 from nldsl.train import train
 
-from .nl_runs import (ROOT, SUBPROCESS_ENV, TINY, TINY_SET, mem_spec, small_spec, train_losses,
-                      xfail_if_tiny_diverges)
+from .nl_runs import ROOT, SUBPROCESS_ENV, TINY, TINY_SET, mem_spec, small_spec, train_losses
 
 STEPS = 3
 
@@ -40,8 +39,6 @@ def _tiny(tmp_path):
     (small_spec, []), (small_spec, ["tokenizer=bpe(vocab = 320)", "vocab=320"]), (mem_spec, []), (_tiny, TINY_SET)],
     ids=["transformer", "transformer-bpe", "memory-task-cms-m3", "tiny-hope"])
 def test_script_logs_the_same_losses_as_nldsl_train(tmp_path, make, overrides):
-    if make is _tiny:
-        xfail_if_tiny_diverges()
     spec = make(tmp_path)
     ref = train(spec, steps=STEPS, out=tmp_path / "run", overrides=overrides, progress=False, tensorboard=False)
     assert ref.status == "finished"
@@ -84,10 +81,10 @@ def test_tiny_hope_script_builds_every_runtime_piece(tmp_path):
 PAYLOAD = "__import__('os').system('touch PWNED')"
 DATA = r'''jsonl("x\"); P #\n'''  + "'''" + r'''\"\"\"\\ é ü \t end.jsonl", field = "\"); P")'''
 """A .nl string with an escaped quote, a newline escape, triple quotes, a backslash, unicode and the payload."""
-HOSTILE = """# hostile names and strings: nothing here may become code<CR>P
+HOSTILE = """# hostile names and strings: nothing here may become code<CR># P<LS>P
 const D = 32
 block blk(dim) {
-  component lambda : attention(heads = 2)  # <CR>P<LS>P
+  component lambda : attention(heads = 2)  # <CR># P<LS>P
   component __import__ : swiglu(hidden = 64)
   flow input -> lambda -> __import__ -> output
 }
@@ -103,7 +100,6 @@ train {
 """.replace("DATA", DATA).replace("<CR>", "\r").replace("<LS>", "\u2028").replace("P", PAYLOAD)
 
 
-@pytest.mark.xfail(strict=False, reason='open regression after the lowering changes of this session: hostile component names break lowering')
 def test_hostile_names_and_strings_cannot_inject_code(tmp_path, monkeypatch):
     folder = tmp_path / 'we"ird\'\nname'
     folder.mkdir()
@@ -135,3 +131,37 @@ def test_identifiers_are_validated(name, safe):
 
 def test_comments_stay_on_one_line():
     assert safe_comment("a\nb\rc\u2028d\x00e\tf") == "a\\nb\\rc\\u2028d\\x00e\\tf"
+
+
+CONTAINER_NAMES = """\
+block blk(dim) {
+  component items : attention(heads = 2)
+  component forward : swiglu(hidden = 64)
+  component training : swiglu(hidden = 32)
+  flow input -> items -> forward -> training -> output
+}
+model state_dict {
+  vocab = 256  dim = 32  layers = 2
+  stack blk(dim = 32)
+}
+train {
+  optimizer adamw(lr = 3e-3) for all
+  steps = 2  batch = 2  seq = 32  data = text("builtin:shakespeare")
+  eval every 2 steps (batches = 1)
+}
+"""
+
+
+def test_components_named_like_container_attributes_build_train_and_generate(tmp_path):
+    """``items``, ``forward``, ``training`` are attributes of nn.ModuleDict: they get mangled parameter keys,
+    keep their names in the state and in ``component_of``, and the script trains like ``nldsl train``."""
+    import nldsl
+    spec = tmp_path / "clash.nl"
+    spec.write_text(CONTAINER_NAMES)
+    c = nldsl.build(spec, compile=False)
+    owners = {c.component_of(n) for n, _ in c.model.named_parameters()}
+    assert {"blk[0].items", "blk[0].forward", "blk[0].training"} <= owners
+    ref = train(spec, steps=2, out=tmp_path / "run", progress=False, tensorboard=False)
+    assert ref.status == "finished" and all(loss == loss for _, loss in ref.losses())
+    script = write_script(spec, tmp_path / "train_clash.py")
+    assert train_losses(_run_script(script, tmp_path / "script", steps=2)) == ref.losses()

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every GPU job of nldsl in one script: one device call runs the stages named on the command line, each
+# writing its log and JSON under $OUT/<stage>, each printing its table last. Stages:
+#   check     every runtime block fwd+bwd in bf16 vs fp32/fp64, compiled, graph breaks (benchmarks/gpu_check.py)
+#   tests     the GPU-marked pytest suite (pytest -m gpu tests/gpu)
+#   train     issue 5's throughput table at seq 2048 x 16, all models next to the hand-written baseline
+#   long      the same at seq 16384 x 2
+#   generate  decode tokens/s at batch 1 and 32 next to the baseline's KV-cache decoding
+#   compare   nldsl train on hope/titans/transformer.nl at one size (benchmarks/train_compare.py)
+# Usage (on the GPU machine, from the repository root):  OUT=/tmp/out bash benchmarks/gpu_session.sh check train
+# Python wheels the GPU image lacks (lark, pydantic, graphviz, fla) are installed from .whl/ when present.
+set -uo pipefail
+OUT=${OUT:-runs/gpu}
+STEPS=${STEPS:-6}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+status=0
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(check train)
+for stage in "${stages[@]}"; do
+  echo "=== stage $stage ($(date -u +%H:%M:%S))"
+  case $stage in
+    check)    python3 benchmarks/gpu_check.py --no-tests --out "$OUT/check" ;;
+    tests)    python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu ;;
+    train)    python3 benchmarks/throughput.py --seqs 2048 --steps "$STEPS" --profile-max-ms 60000 \
+                --budget-s "${BUDGET:-330}" --out "$OUT/train" ;;
+    long)     python3 benchmarks/throughput.py --seqs 16384 --steps "$STEPS" --profile-max-ms 60000 \
+                --budget-s "${BUDGET:-330}" --out "$OUT/long" ;;
+    generate) python3 benchmarks/throughput.py --generate --out "$OUT/generate" ;;
+    compare)  python3 benchmarks/train_compare.py --steps "${COMPARE_STEPS:-200}" --seq "${COMPARE_SEQ:-512}" \
+                --batch "${COMPARE_BATCH:-8}" --quiet --json "$OUT/compare.json" --out "$OUT/compare" ;;
+    *) echo "unknown stage: $stage (check, tests, train, long, generate, compare)"; status=2 ;;
+  esac
+  rc=$?; [ $rc -ne 0 ] && { echo "stage $stage exited with $rc"; status=$rc; }
+done
+exit $status
