@@ -168,26 +168,12 @@ def param_count(model: nn.Module) -> int:
 
 
 # ------------------------------------------------------------------------------------- compiling
-_COMPILED_SEGMENT: dict = {}
-
-
-@contextlib.contextmanager
 def compiled_chunks(backend: str = "inductor"):
-    """Within the block: the per-chunk memory update runs through ``torch.compile`` (benchmark-only patch).
+    """Within the block the per-chunk memory update runs through ``torch.compile`` (the runtime's own
+    ``nldsl.nn.memory_ops.compiled_chunks``, what ``compile = on`` with scope chunk uses)."""
+    from nldsl.nn.memory_ops import compiled_chunks as runtime_compiled_chunks
 
-    ``memory_scan`` looks ``memory_segment`` up in its module at call time and ``self_modifying`` imported
-    the name, so both module attributes are replaced and restored on exit.
-    """
-    from nldsl.nn import memory_ops, self_modifying
-
-    original = memory_ops.memory_segment
-    if backend not in _COMPILED_SEGMENT:  # one wrapper per backend: a new one would miss dynamo's cache
-        _COMPILED_SEGMENT[backend] = torch.compile(original, backend=backend, dynamic=False)
-    memory_ops.memory_segment = self_modifying.memory_segment = _COMPILED_SEGMENT[backend]
-    try:
-        yield
-    finally:
-        memory_ops.memory_segment = self_modifying.memory_segment = original
+    return runtime_compiled_chunks(backend=backend)
 
 
 def resolve_compile(name: str, mode: str) -> str:

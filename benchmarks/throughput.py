@@ -19,7 +19,6 @@ from ``benchmarks/lm.py`` (the runtime blocks assembled by hand, as examples/*.n
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
 import time
@@ -117,13 +116,15 @@ def use_build(name: str, args) -> bool:
 
 
 def build_compiled(name: str, mode: str, args, device, seq: int, batch: int):
-    """``nldsl.build`` of the example; ``model`` mode keeps the compiler's own torch.compile, ``block`` and
-    ``chunk`` compile the eager build in place (see lm.py)."""
+    """``nldsl.build`` of the example; ``model`` and ``chunk`` keep the compiler's own torch.compile (its
+    scope auto: the whole model without memories, one chunk update at a time with them), ``block``
+    compiles the eager build's blocks in place (see lm.py)."""
     from nldsl.build import build
 
     overrides = {"train.seq": seq, "train.batch": batch}
-    compiled = build(lm.EXAMPLES[name], device=str(device), compile=mode == "model", overrides=overrides)
-    lm.compile_in_place(compiled.model, mode, args.backend)
+    compiled = build(lm.EXAMPLES[name], device=str(device), compile=mode in ("model", "chunk"), overrides=overrides)
+    if mode == "block":
+        lm.compile_in_place(compiled.model, mode, args.backend)
     return compiled
 
 
@@ -134,11 +135,9 @@ def make_model(name: str, size: lm.Size, args, device, seq: int, batch: int):
     if use_build(name, args):
         try:
             compiled = build_compiled(name, mode, args, device, seq, batch)
-            patch = mode == "chunk"
 
             def step(tokens):
-                with lm.compiled_chunks(args.backend) if patch else contextlib.nullcontext():
-                    return compiled.train_step(tokens)["loss"]
+                return compiled.train_step(tokens)["loss"]
 
             return compiled.model, step, mode, "nldsl.build"
         except Exception as exc:  # noqa: BLE001 - reported, then the hand assembly is measured

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from nldsl.lower import Lowered, lower
 from nldsl.lower_errors import LowerError
+from nldsl.compiling import chunk_context, compile_model
 from nldsl.nn.layers import compute_dtype
 from nldsl.nn.surprise import train_segments
 from nldsl.plan import Plan, plan as make_plan
@@ -110,10 +111,10 @@ class Compiled:
         self.autocast = _autocast_dtype(plan, device)
         self.compiled = plan.train.compile.enabled if compile is None else bool(compile)
         self._fwd, self._loss = self.model, self._forward_loss
+        self.compile_scope, self._chunk_options = None, None
         if self.compiled:
-            opts = _compile_options(plan)
-            self._fwd = torch.compile(self.model, **opts)
-            self._loss = torch.compile(self._forward_loss, **opts)
+            self._fwd, self._loss, self._chunk_options, self.compile_scope = compile_model(
+                self.model, self._forward_loss, _compile_options(plan), plan.train.compile.scope)
 
     # ------------------------------------------------------------------------------------------ steps
 
@@ -135,7 +136,7 @@ class Compiled:
                 "tokens": int(y.numel()), "level_steps": info["level_steps"]}
 
     def _backward(self, x: Tensor, y: Tensor) -> Tensor:
-        with self._autocast():
+        with self._autocast(), self.chunks():
             if self.task_levels:
                 loss, _ = train_segments(self._fwd, x, y, token_losses)
                 return loss.detach()
@@ -149,7 +150,7 @@ class Compiled:
 
     @torch.no_grad()
     def _eval_plain(self, x: Tensor, y: Tensor) -> Tensor:
-        with self._autocast():
+        with self._autocast(), self.chunks():
             return self._loss(x, y)
 
     def eval_loss(self, batch: Tensor | tuple[Tensor, Tensor]) -> float:
@@ -160,7 +161,7 @@ class Compiled:
             x, y = self._split(batch)
             if not self.task_levels:
                 return float(self._eval_plain(x, y))
-            with self._autocast():
+            with self._autocast(), self.chunks():
                 loss, _ = train_segments(self._fwd, x, y, token_losses, outer_grads=False)
             return float(loss)
         finally:
@@ -172,6 +173,10 @@ class Compiled:
             return x.to(self.device), y.to(self.device)
         batch = batch.to(self.device)
         return batch[:, :-1], batch[:, 1:]
+
+    def chunks(self):
+        """The context in which this model runs: compiled chunk updates under ``scope = chunk``."""
+        return chunk_context(self._chunk_options)
 
     def _autocast(self):
         if self.autocast is None:
@@ -190,7 +195,7 @@ class Compiled:
         try:
             tokens = prompt_tokens.to(self.device)
             tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
-            with self._autocast():
+            with self._autocast(), self.chunks():
                 logits, state = prompt_state(self.model, tokens, state, self.task_levels)
                 out = [tokens]
                 for i in range(max_new):

@@ -352,7 +352,11 @@ COMPILE: dict[str, Kind] = {k.name: k for k in (
     Kind("on", "torch.compile with its defaults"),
     Kind("compile", "torch.compile with options", (
         _p("mode", "string", "default", choices=("default", "reduce-overhead", "max-autotune")),
-        _p("fullgraph", "bool", False), _p("dynamic", "bool", False))),
+        _p("fullgraph", "bool", False), _p("dynamic", "bool", False),
+        _p("scope", "symbol", "auto", "what one compiled graph covers: model (the whole forward and loss), "
+           "chunk (one chunk update of each in-context memory, and each static sublayer: the chunk loops stay "
+           "in Python), auto (chunk when the model has in-context memories, else model)",
+           choices=("auto", "model", "chunk")))),
 )}
 
 # --------------------------------------------------------------------------------------------------

@@ -330,7 +330,7 @@ def _settings(run: Any, plan: Any, comments: Comments) -> list[ast.stmt]:
     values = [
         ("MODEL", plan.model.name), ("SEED", t.seed), ("STEPS", t.steps), ("BATCH", t.batch), ("SEQ", t.seq),
         ("ACCUMULATE", t.accumulate), ("PRECISION", t.precision), ("DEVICE", s.device),
-        ("COMPILE", compile_opts), ("DATA", data_source(s, run.source.path)), ("DATA_FIELD", s.data_field),
+        ("COMPILE", compile_opts), ("COMPILE_SCOPE", t.compile.scope), ("DATA", data_source(s, run.source.path)), ("DATA_FIELD", s.data_field),
         ("VAL_FRACTION", 0.1), ("TOKENIZER", s.tokenizer), ("BPE_VOCAB", s.bpe_vocab),
         ("EVAL_EVERY", s.eval_every), ("EVAL_BATCHES", s.eval_batches),
         ("TASK_LEVELS", plan.task_segment is not None and plan.model.task == "lm"),

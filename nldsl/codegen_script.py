@@ -112,12 +112,13 @@ def main(argv=None) -> None:
     seed_everything(SEED)
     model = build_model().to(device)
     optimizers, schedulers, outer = build_optimizers(model, args.steps, device)
-    forward, loss_fn = model, forward_loss
+    forward, loss_fn, chunk_options = model, forward_loss, None
     if COMPILE is not None:
-        forward, loss_fn = torch.compile(model, **COMPILE), torch.compile(forward_loss, **COMPILE)
+        __comment__("scope model: whole forward and loss; scope chunk: static sublayers + each memory's chunk update")
+        forward, loss_fn, chunk_options, _ = compile_model(model, forward_loss, COMPILE, COMPILE_SCOPE)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{MODEL}: {n_params:,} parameters on {device}, {args.steps} steps of {BATCH} x {SEQ} tokens")
-    with open(out / "metrics.jsonl", "w", encoding="utf-8") as log:
+    with open(out / "metrics.jsonl", "w", encoding="utf-8") as log, chunk_context(chunk_options):
         for step in range(1, args.steps + 1):
             batch = next(sampler).to(device)
             loss = train_step(model, forward, loss_fn, outer, batch, step - 1)
@@ -154,6 +155,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_model
 from torch import nn
 
+from nldsl.compiling import chunk_context, compile_model
 from nldsl.datasets import BatchSampler, EvalWindows, load_text, tokenize_split
 from nldsl.model import FlowBlock, NLModel, Sublayer
 from nldsl.nn.surprise import train_segments

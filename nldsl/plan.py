@@ -241,6 +241,8 @@ class CompilePlan:
     mode: str = "default"
     fullgraph: bool = False
     dynamic: bool = False
+    scope: str = "auto"
+    """``model``, ``chunk`` or ``auto`` (see the catalog's ``compile`` options)."""
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,8 @@ def _optimizers(p: Plan) -> list[str]:
 def _train(p: Plan) -> list[str]:
     t = p.train
     comp = "off" if not t.compile.enabled else \
-        f"compile(mode = {t.compile.mode}, fullgraph = {_val(t.compile.fullgraph)}, dynamic = {_val(t.compile.dynamic)})"
+        f"compile(mode = {t.compile.mode}, fullgraph = {_val(t.compile.fullgraph)}, dynamic = {_val(t.compile.dynamic)}, " \
+        f"scope = {t.compile.scope})"
     call = lambda name, args: name + (f"({', '.join(f'{k} = {_val(v)}' for k, v in args)})" if args else "")  # noqa: E731
     lines = [f"steps = {t.steps}  batch = {t.batch}  seq = {t.seq}  accumulate = {t.accumulate}  "
              f"precision = {t.precision}  compile = {comp}",

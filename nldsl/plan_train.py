@@ -37,7 +37,7 @@ def _compile(value: m.Value | None) -> CompilePlan:
         return CompilePlan(False)
     opts = dict(args)
     return CompilePlan(True, str(opts.get("mode", "default")), bool(opts.get("fullgraph", False)),
-                       bool(opts.get("dynamic", False)))
+                       bool(opts.get("dynamic", False)), str(opts.get("scope", "auto")))
 
 
 def _every(stmt: m.Eval | m.Checkpoint | None, default_every: int | None) -> int | None:

@@ -19,6 +19,7 @@ State (per memory): ``{"w": {"0": W_0, ...}, "snap": {...}, "s": {...}, "pos": i
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,7 @@ __all__ = [
     "mlp_forward",
     "memory_read",
     "memory_segment",
+    "compiled_chunks",
     "chunk_loop",
     "memory_scan",
 ]
@@ -247,7 +249,38 @@ def _detach_heads(rule: MemoryRule, x: Tensor) -> Tensor:
     return torch.where(mask, x.detach(), x)
 
 
-def memory_segment(
+_COMPILED_SEGMENTS: dict[tuple, object] = {}
+_ACTIVE_SEGMENT: list = []
+
+
+@contextlib.contextmanager
+def compiled_chunks(**options):
+    """Within the block, every chunk update (:func:`memory_segment`) runs through ``torch.compile(**options)``.
+
+    Why this scope: a whole unrolled sequence (T / C chunk updates per memory and layer) makes one huge
+    graph that takes minutes to compile and recompiles on every carried position; one chunk update has
+    the same shapes everywhere, compiles once (per rule and chunk length) and fuses its elementwise work.
+    The chunk loop stays in Python. One compiled wrapper per option set, so dynamo's cache is kept.
+    """
+    key = tuple(sorted(options.items()))
+    if key not in _COMPILED_SEGMENTS:
+        _COMPILED_SEGMENTS[key] = torch.compile(_memory_segment, **{"dynamic": False, **options})
+    _ACTIVE_SEGMENT.append(_COMPILED_SEGMENTS[key])
+    try:
+        yield
+    finally:
+        _ACTIVE_SEGMENT.pop()
+
+
+def memory_segment(*args, **kwargs):
+    """Read and write ``n`` tokens that share one snapshot (see :func:`_memory_segment`), compiled inside
+    :func:`compiled_chunks` (and never re-entered from a graph that is being compiled already)."""
+    if _ACTIVE_SEGMENT and not torch.compiler.is_compiling():
+        return _ACTIVE_SEGMENT[-1](*args, **kwargs)
+    return _memory_segment(*args, **kwargs)
+
+
+def _memory_segment(
     rule: MemoryRule,
     snap: list[Tensor],
     w: list[Tensor],

@@ -113,7 +113,8 @@ def test_plan_json_has_spans_and_resolved_values():
     assert comp["config"]["hidden"] == 768  # hidden = dim, parameter-matched to transformer.nl
     assert comp["span"].endswith("hope.nl:37:11")
     assert comp["period"] == {"kind": "tokens", "every": 64, "reduce": None}
-    assert data["train"]["compile"] == {"enabled": True, "mode": "default", "fullgraph": False, "dynamic": False}
+    assert data["train"]["compile"] == {"enabled": True, "mode": "default", "fullgraph": False, "dynamic": False,
+                                        "scope": "auto"}
 
 
 def test_plan_rejects_a_spec_with_errors():

@@ -1,0 +1,58 @@
+"""How a compiled spec is handed to ``torch.compile``: the whole model, or one chunk update at a time.
+
+``scope = model`` compiles the forward and the loss as whole graphs: right for models whose forward is a
+fixed stack of static layers (Transformer++). A model with in-context memories loops over chunks in Python;
+one whole-model graph would unroll every chunk update of the sequence (T / C per memory and layer), take
+minutes to compile and recompile on every carried position. ``scope = chunk`` compiles instead each static
+sublayer (attention, SwiGLU, MLP, norms) and the chunk update of every memory
+(:func:`nldsl.nn.memory_ops.compiled_chunks`): small graphs with fixed shapes, compiled once. ``auto``
+picks chunk exactly when the model has such memories. ``nldsl train`` and the scripts of ``nldsl codegen``
+both go through :func:`compile_model`.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+from torch import nn
+
+from nldsl.model import Sublayer
+from nldsl.nn.cms import CMS
+from nldsl.nn.memory_ops import compiled_chunks
+from nldsl.nn.neural_memory import NeuralMemory
+from nldsl.nn.self_modifying import SelfModifyingTitans
+
+__all__ = ["CHUNK_LOOP_MODULES", "resolve_scope", "compile_model", "chunk_context"]
+
+CHUNK_LOOP_MODULES = (NeuralMemory, SelfModifyingTitans, CMS)
+"""Runtime modules that loop over chunks in Python (in-context memories): never compiled whole."""
+
+
+def resolve_scope(scope: str, model: nn.Module) -> str:
+    """``model`` or ``chunk`` for the spec's ``scope`` (``auto``: chunk iff the model has in-context memories)."""
+    if scope not in ("auto", "model", "chunk"):
+        raise ValueError(f"compile scope must be auto, model or chunk, not {scope!r}")
+    if scope != "auto":
+        return scope
+    return "chunk" if any(isinstance(m, CHUNK_LOOP_MODULES) for m in model.modules()) else "model"
+
+
+def compile_model(model: nn.Module, loss: Callable, options: dict, scope: str = "auto"):
+    """``(forward, loss, chunk_options, scope)``: what to call instead of ``model`` and ``loss``.
+
+    ``chunk_options`` (``None`` under scope model) go to :func:`chunk_context` around every run.
+    """
+    import torch
+
+    scope = resolve_scope(scope, model)
+    if scope == "model":
+        return torch.compile(model, **options), torch.compile(loss, **options), None, scope
+    for module in model.modules():
+        if isinstance(module, Sublayer) and not isinstance(module.fn, CHUNK_LOOP_MODULES):
+            module.fn.compile(**options)
+    return model, loss, {k: v for k, v in options.items() if k != "dynamic"}, scope
+
+
+def chunk_context(chunk_options: dict | None):
+    """Compiled chunk updates inside the block (``None``: nothing changes)."""
+    return contextlib.nullcontext() if chunk_options is None else compiled_chunks(**chunk_options)

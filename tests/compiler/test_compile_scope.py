@@ -1,0 +1,57 @@
+"""Compile scope (nldsl.compiling): whole model for static stacks, one chunk update at a time for memories."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import SHRINK, example
+
+from nldsl.build import build
+from nldsl.compiling import compile_model, resolve_scope
+from nldsl.nn import memory_ops
+from nldsl.plan import plan
+
+
+def _small(name: str, **extra):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build(example(name), compile=False, overrides={**SHRINK[name], **extra})
+
+
+@pytest.mark.parametrize("name, scope", [("transformer", "model"), ("titans", "chunk"), ("tiny", "chunk"),
+                                         ("hope_attention", "chunk")])
+def test_auto_scope_is_chunk_exactly_for_models_with_memories(name, scope):
+    assert resolve_scope("auto", _small(name).model) == scope
+
+
+def test_written_scope_wins_and_is_in_the_plan():
+    text = example("titans").read_text().replace("compile = on", "compile = compile(scope = model)")
+    assert "scope = model" in text
+    p = plan(text)
+    assert p.train.compile.scope == "model" and "scope = model" in p.render()
+    assert resolve_scope("model", _small("titans").model) == "model"
+    with pytest.raises(ValueError, match="auto, model or chunk"):
+        resolve_scope("layer", _small("titans").model)
+
+
+def test_chunk_scope_compiles_chunk_updates_and_static_sublayers(monkeypatch):
+    """Under scope chunk, memory_segment goes through the compiled wrapper and the SwiGLU is compiled;
+    the losses equal eager ones (the 'eager' backend keeps this a CPU test of the wiring, not of inductor)."""
+    eager = _small("titans")
+    batch = torch.randint(0, 256, (2, 33))
+    ref = eager.train_step(batch)["loss"]
+    c = _small("titans")
+    calls = []
+    original = memory_ops._memory_segment
+    monkeypatch.setattr(memory_ops, "_memory_segment", lambda *a, **k: calls.append(1) or original(*a, **k))
+    forward, _, chunk_options, scope = compile_model(c.model, c._forward_loss, {"backend": "eager"}, "auto")
+    assert scope == "chunk" and forward is c.model and chunk_options == {"backend": "eager"}
+    compiled = [m for m in c.model.modules() if hasattr(m, "_compiled_call_impl") and m._compiled_call_impl]
+    assert compiled, "static sublayers are compiled in place"
+    c._chunk_options = chunk_options
+    assert memory_ops._ACTIVE_SEGMENT == []
+    got = c.train_step(batch)["loss"]
+    assert calls and memory_ops._ACTIVE_SEGMENT == []  # the context closed again
+    assert got == pytest.approx(ref, rel=1e-5)
