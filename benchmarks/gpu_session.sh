@@ -33,7 +33,7 @@ for stage in "${stages[@]}"; do
     long)     python3 benchmarks/throughput.py --seqs 16384 --steps "$STEPS" --profile-max-ms 60000 \
                 --budget-s "${BUDGET:-330}" --out "$OUT/long" ;;
     generate) python3 benchmarks/throughput.py --generate --out "$OUT/generate" ;;
-    compare)  python3 benchmarks/train_compare.py --steps "${COMPARE_STEPS:-200}" --seq "${COMPARE_SEQ:-512}" \
+    compare)  timeout "${COMPARE_TIMEOUT:-900}" python3 benchmarks/train_compare.py ${COMPARE_ARGS:-} --steps "${COMPARE_STEPS:-200}" --seq "${COMPARE_SEQ:-512}" \
                 --batch "${COMPARE_BATCH:-8}" --quiet --json "$OUT/compare.json" --out "$OUT/compare" ;;
     *) echo "unknown stage: $stage (check, tests, train, long, generate, compare)"; status=2 ;;
   esac
