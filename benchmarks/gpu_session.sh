@@ -34,7 +34,7 @@ for stage in "${stages[@]}"; do
                 --budget-s "${BUDGET:-330}" --out "$OUT/long" ;;
     generate) python3 benchmarks/throughput.py --generate --out "$OUT/generate" ;;
     compare)  timeout "${COMPARE_TIMEOUT:-900}" python3 benchmarks/train_compare.py ${COMPARE_ARGS:-} --steps "${COMPARE_STEPS:-200}" --seq "${COMPARE_SEQ:-512}" \
-                --batch "${COMPARE_BATCH:-8}" --quiet --json "$OUT/compare.json" --out "$OUT/compare" ;;
+                --batch "${COMPARE_BATCH:-8}" --quiet --json "$OUT/compare.json" --out /tmp/nldsl-compare ;;
     *) echo "unknown stage: $stage (check, tests, train, long, generate, compare)"; status=2 ;;
   esac
   rc=$?; [ $rc -ne 0 ] && { echo "stage $stage exited with $rc"; status=$rc; }
