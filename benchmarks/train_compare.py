@@ -64,17 +64,22 @@ def run_spec(name: str, a: argparse.Namespace, device: torch.device) -> dict:
     result = train(ROOT / "examples" / f"{name}.nl", steps=a.steps, device=device.type, out=Path(a.out) / name,
                    overwrite=True, overrides=overrides(name, a), progress=not a.quiet, tensorboard=False)
     rates = [r["tokens_per_s"] for r in result.rows if r.get("split") == "train"][2:] or [0.0]
-    params = _param_count(result.out)
-    return {"model": f"{name}.nl (nldsl train)", "params": params, "tokens_per_s": statistics.median(rates),
-            "peak_gb": _peak(device), "final_loss": result.summary.final_train_loss, "status": result.status,
+    status = result.status if result.error is None else f"{result.status}: {result.error}"
+    if result.status != "finished":
+        print(f"{name}.nl: {status}", flush=True)
+    return {"model": f"{name}.nl (nldsl train)", "params": _param_count(name, a), "tokens_per_s": statistics.median(rates),
+            "peak_gb": _peak(device), "final_loss": result.summary.final_train_loss, "status": status,
             "wall_s": time.perf_counter() - t0}
 
 
-def _param_count(run_dir: Path) -> int:
-    from nldsl.checkpoint import load_checkpoint
+def _param_count(name: str, a: argparse.Namespace) -> int:
+    """Parameters of the spec at the shared size (built on the meta device: no memory, no checkpoint needed)."""
+    from nldsl.build import build
 
-    ck = load_checkpoint(run_dir / "checkpoints", verify=False)
-    return sum(t.numel() for k, t in ck.model.items() if t.is_floating_point())
+    sets = dict(item.split("=", 1) for item in overrides(name, a))
+    with torch.device("meta"):
+        c = build(ROOT / "examples" / f"{name}.nl", device="meta", compile=False, overrides=sets)
+    return sum(p.numel() for p in c.model.parameters())
 
 
 def run_baseline(a: argparse.Namespace, device: torch.device) -> dict:
