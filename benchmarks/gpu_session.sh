@@ -26,7 +26,7 @@ stages=("$@")
 for stage in "${stages[@]}"; do
   echo "=== stage $stage ($(date -u +%H:%M:%S))"
   case $stage in
-    check)    python3 benchmarks/gpu_check.py --no-tests --out "$OUT/check" ;;
+    check)    python3 benchmarks/gpu_check.py --no-tests ${CHECK_ARGS:-} --out "$OUT/check" ;;
     tests)    python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu ;;
     train)    python3 benchmarks/throughput.py --seqs 2048 --steps "$STEPS" --profile-max-ms 60000 \
                 --budget-s "${BUDGET:-330}" --out "$OUT/train" ;;
