@@ -48,7 +48,7 @@ def overrides(name: str, a: argparse.Namespace) -> list[str]:
         common += [f"hope.fast={fast}", f"hope.mid={mid}", f"hope.slow={slow}"]
     if name == "titans":
         common += [f"CHUNK={min(64, a.seq)}"]
-    return common
+    return common + list(getattr(a, "set", None) or [])
 
 
 def _peak(device: torch.device) -> float | None:
@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", default=None, help="also write the rows as JSON")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra override for every spec (as nldsl train --set)")
     p.add_argument("--smoke", action="store_true", help="CPU, toy size, 3 steps: checks the script runs")
     a = p.parse_args(argv)
     if a.smoke:

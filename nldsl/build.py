@@ -16,6 +16,7 @@ carries the outer loop of NL §1.3:
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +130,14 @@ class Compiled:
                 if p.grad is not None:
                     p.grad.div_(len(parts))
         lr = self.lr
+        loss = float(torch.stack(losses).mean())
+        if not math.isfinite(loss):  # no update from a NaN/inf loss: the caller stops with the last good state
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            return {"loss": loss, "grad_norm": float("nan"), "lr": lr, "step": self.step, "tokens": int(y.numel()),
+                    "level_steps": 0}
         info = self._outer.step(self.step)
         self.step += 1
-        loss = float(torch.stack(losses).mean())
         return {"loss": loss, "grad_norm": info["grad_norm"], "lr": lr, "step": self.step,
                 "tokens": int(y.numel()), "level_steps": info["level_steps"]}
 

@@ -121,7 +121,10 @@ def main(argv=None) -> None:
     with open(out / "metrics.jsonl", "w", encoding="utf-8") as log, chunk_context(chunk_options):
         for step in range(1, args.steps + 1):
             batch = next(sampler).to(device)
-            loss = train_step(model, forward, loss_fn, outer, batch, step - 1)
+            try:
+                loss = train_step(model, forward, loss_fn, outer, batch, step - 1)
+            except FloatingPointError as err:  # NaN gradients: nothing was updated
+                raise SystemExit(str(err)) from None
             if not math.isfinite(loss):
                 raise SystemExit(f"non-finite loss ({loss}) at step {step}")
             log.write(json.dumps({"step": step, "split": "train", "loss": loss}) + "\\n")

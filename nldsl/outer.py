@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from nldsl.optim.schedule import lr_multiplier
+from nldsl.runtime_guard import NonFiniteLossError, first_non_finite
 from nldsl.plan import OptimizerPlan, TrainPlan
 
 OptimizerFactory = Callable[[OptimizerPlan, list[dict], bool], torch.optim.Optimizer]
@@ -121,6 +122,11 @@ class OuterLoop:
         """Outer step ``step`` (0-based): returns the gradient norm and which periodic groups stepped."""
         grads = [p for p in self.trainable if p.grad is not None]
         norm = _clip(grads, self.grad_clip)
+        if not math.isfinite(norm):  # a finite loss can still have NaN gradients: stop before any update
+            culprit = first_non_finite(((self.names[id(p)], p.grad) for p in grads), "gradient")
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(step + 1, "the outer gradients", norm, culprit, what="gradient norm")
         stepped = [self._gate(g, step) for g in self.periodic]
         for opt in self.optimizers:
             opt.step()
@@ -155,5 +161,8 @@ def _clip(params: list[Tensor], max_norm: float) -> float:
     if not params:
         return 0.0
     if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        try:  # a non-finite norm raises before any gradient is scaled, so the bad one can still be named
+            return float(torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=True))
+        except RuntimeError:
+            return float("nan")
     return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))

@@ -39,11 +39,12 @@ class NonFiniteTensor:
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf; carries the step, where it came from and the first bad tensor."""
 
-    def __init__(self, step: int, where: str, value: float, culprit: NonFiniteTensor | None = None):
-        self.step, self.where, self.value, self.culprit = step, where, value, culprit
+    def __init__(self, step: int, where: str, value: float, culprit: NonFiniteTensor | None = None,
+                 what: str = "loss"):
+        self.step, self.where, self.value, self.culprit, self.what = step, where, value, culprit, what
         found = f"; first non-finite tensor: {culprit.describe()}" if culprit else ""
         super().__init__(
-            f"non-finite loss ({value}) at step {step} in {where}{found}. "
+            f"non-finite {what} ({value}) at step {step} in {where}{found}. "
             "Try a lower learning rate, gradient clipping or float32 precision."
         )
 

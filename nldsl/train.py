@@ -300,7 +300,7 @@ def _name_component(err: NonFiniteLossError, compiled: Any, origin: str | None =
         where += f"; its update then reached level/component {owner}" if owner else ""
     elif owner:
         where += f", level/component {owner}"
-    return NonFiniteLossError(err.step, where, err.value, culprit)
+    return NonFiniteLossError(err.step, where, err.value, culprit, what=err.what)
 
 
 def first_non_finite_output(model: torch.nn.Module, batch: torch.Tensor) -> str | None:

@@ -22,15 +22,38 @@ from torch import Tensor
 
 from nldsl.nn.layers import split_spans
 
-__all__ = ["chunk_gated_delta_rule", "fla_available", "FLA_INSTALLED"]
+__all__ = ["chunk_gated_delta_rule", "fla_available", "fla_refused", "FLA_INSTALLED"]
 
 FLA_INSTALLED: bool = importlib.util.find_spec("fla") is not None
 """Whether flash-linear-attention can be imported (checked without importing it)."""
 
 
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def fla_refused(device: torch.device) -> str | None:
+    """Why fla's gated delta rule must not run here, or ``None``: fla 0.6 raises on Hopper (sm 9.x) with
+    Triton >= 3.4.0 and < 3.7.1, whose gated ``chunk_bwd_dqkwg`` is wrong (fla issue #640)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
+        return None
+    try:
+        import triton
+    except ImportError:
+        return "Triton is not installed"
+    if (3, 4, 0) <= _version(triton.__version__) < (3, 7, 1):
+        return f"Triton {triton.__version__} on Hopper: fla's gated delta rule needs Triton >= 3.7.1 there"
+    return None
+
+
 def fla_available(device: torch.device) -> bool:
-    """The dispatch hook: fla is used only when it is installed and the tensors live on CUDA."""
-    return FLA_INSTALLED and device.type == "cuda"
+    """The dispatch hook (the version guard): fla runs only when it is installed, the tensors live on
+    CUDA and :func:`fla_refused` finds nothing; otherwise the torch chunked path (the reference) runs."""
+    return FLA_INSTALLED and device.type == "cuda" and fla_refused(device) is None
 
 
 def chunk_gated_delta_rule(

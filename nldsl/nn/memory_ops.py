@@ -264,12 +264,24 @@ def compiled_chunks(**options):
     """
     key = tuple(sorted(options.items()))
     if key not in _COMPILED_SEGMENTS:
+        _raise_recompile_limit(64)
         _COMPILED_SEGMENTS[key] = torch.compile(_memory_segment, **{"dynamic": False, **options})
     _ACTIVE_SEGMENT.append(_COMPILED_SEGMENTS[key])
     try:
         yield
     finally:
         _ACTIVE_SEGMENT.pop()
+
+
+def _raise_recompile_limit(at_least: int) -> None:
+    """One chunk update has a few legitimate variants (each memory rule, the tail chunk, training vs
+    no-grad evaluation, the first chunk's leaf state): more than dynamo's default of 8 graphs per function,
+    past which it silently runs eager. ``recompile_limit`` (torch >= 2.6) or ``cache_size_limit``."""
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name) and getattr(config, name) < at_least:
+            setattr(config, name, at_least)
+            return
 
 
 def memory_segment(*args, **kwargs):

@@ -75,7 +75,10 @@ def test_fla_is_off_on_cpu_and_forcing_it_off_always_works(monkeypatch):
     assert not fla_available(torch.device("cpu"))
     monkeypatch.setattr(delta_rule, "FLA_INSTALLED", True)  # even with fla "installed", CPU stays on torch
     assert not fla_available(torch.device("cpu"))
+    monkeypatch.setattr(delta_rule, "fla_refused", lambda device: None)
     assert fla_available(torch.device("cuda"))
+    monkeypatch.setattr(delta_rule, "fla_refused", lambda device: "a reason")
+    assert not fla_available(torch.device("cuda"))
     q, k, v, g, beta, h0 = case(T=5)
     o, _ = chunk_gated_delta_rule(q, k, v, g, beta, h0, use_fla=False)
     assert_rel_close(o, ref_gated_delta_rule(q, k, v, g, beta, h0)[0], 1e-10, "forced torch path")
@@ -99,3 +102,21 @@ def test_linear_memory_runs_through_the_delta_rule_seam(monkeypatch):
     assert calls == [(2, 6, 2, 4)]
     mem.config.use_delta_rule = False
     assert_rel_close(y, mem(x)[0], 1e-12, "delta route vs engine")
+
+
+@pytest.mark.parametrize("capability, triton_version, refused", [
+    ((9, 0), "3.6.0", True), ((9, 0), "3.4.0", True), ((9, 0), "3.7.1", False), ((9, 0), "3.3.1", False),
+    ((8, 0), "3.6.0", False), ((10, 0), "3.6.0", False)], ids=["hopper-3.6", "hopper-3.4", "hopper-3.7.1",
+                                                               "hopper-3.3", "ampere", "blackwell"])
+def test_version_guard_refuses_fla_on_hopper_with_a_broken_triton(monkeypatch, capability, triton_version, refused):
+    """fla 0.6 raises for Triton 3.4.0 - 3.7.0 on sm 9.x (fla #640): the guard sends those to the torch path."""
+    import sys
+    import types
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__=triton_version))
+    reason = delta_rule.fla_refused(torch.device("cuda"))
+    assert (reason is not None) == refused
+    if refused:
+        assert triton_version in reason and "3.7.1" in reason
+    assert delta_rule.fla_refused(torch.device("cpu")) is None

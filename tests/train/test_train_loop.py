@@ -171,3 +171,30 @@ def test_checkpoint_of_another_runtime_gets_a_short_summary():
     with pytest.raises(RuntimeError) as info:
         torch.nn.Linear(2, 3).load_state_dict({"weight": torch.zeros(3, 3), "extra": torch.zeros(1)})
     assert _mismatch(info.value) == "1 missing, 1 unexpected, 1 shape mismatches, e.g. bias"
+
+
+def test_nan_gradient_with_a_finite_loss_stops_before_any_update(tmp_path, monkeypatch):
+    """A NaN gradient (here from a hook) with a finite loss: the run stops at that step naming the gradient
+    and its component, and no parameter was updated from it."""
+    import nldsl.build as build_module
+
+    real_build = build_module.build
+    poisoned = {}
+
+    def build_with_nan_grad(*args, **kwargs):
+        c = real_build(*args, **kwargs)
+        name, param = next((n, p) for n, p in c.model.named_parameters() if "ffn" in n)
+        poisoned["name"], poisoned["component"] = name, c.component_of(name)
+        param.register_hook(lambda g: torch.full_like(g, float("nan")) if c.step >= 2 else g)
+        return c
+
+    monkeypatch.setattr(build_module, "build", build_with_nan_grad)
+    result = train(small_spec(tmp_path), steps=5, out=tmp_path / "run", overrides=["checkpoint.every=1"],
+                   progress=False, tensorboard=False)
+    assert result.status == "diverged" and result.step == 2
+    message = str(result.error)
+    assert "non-finite gradient norm" in message and "at step 3" in message
+    assert poisoned["name"] in message and poisoned["component"] in message
+    from nldsl.checkpoint import load_checkpoint
+    ck = load_checkpoint(result.checkpoint, verify=False)
+    assert ck.step == 2 and all(bool(torch.isfinite(t).all()) for t in ck.model.values() if t.is_floating_point())
