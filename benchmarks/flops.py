@@ -113,7 +113,8 @@ class Shape:
     hope_proj_chunk: int = 16
     hope_hidden_mult: float = 4.0
     """Hidden width of HOPE's main memory per head width (``mlp(depth = 2)``: 4)."""
-    proj_heads: int = 1
+    proj_heads: int = 12
+    """Heads of each projection memory (per-head memories, as nldsl.build lowers hope.nl: = heads)."""
     proj_hidden_mult: float = 4.0
     """Hidden width of each projection memory per its width (``mlp(depth = 2)``: 4)."""
     n_proj_memories: int = 4
@@ -123,7 +124,7 @@ class Shape:
 
     @property
     def cms_width(self) -> int:
-        return self.cms_hidden or 4 * self.dim
+        return self.cms_hidden or self.dim  # hope.nl / hope_attention.nl: hidden = dim per level
 
     @property
     def tokens(self) -> int:
@@ -320,7 +321,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Floors of the benchmark models (analytic FLOPs and minimal bytes).")
     p.add_argument("--tflops", type=float, default=H100.flops / 1e12, help="bf16 matmul ceiling, TFLOP/s")
     p.add_argument("--gbs", type=float, default=H100.bandwidth / 1e9, help="copy bandwidth, GB/s")
-    p.add_argument("--proj-heads", type=int, default=1)
+    p.add_argument("--proj-heads", type=int, default=12)
     p.add_argument("--proj-chunk", type=int, default=16)
     args = p.parse_args(argv)
     hw = Hardware("given", args.tflops * 1e12, args.gbs * 1e9)

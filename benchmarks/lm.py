@@ -9,7 +9,7 @@ runtime's blocks: throughput.py's fallback when the compiler cannot build one, a
 * ``hope_attention`` (hope_attention.nl): ``HopeAttentionBlock``, attention + 3-level task CMS;
 * ``hope`` (hope.nl): ``HopeBlock``, self-modifying Titans (chunks 16 / 64) + 3-level task CMS.
 
-Widths follow what ``nldsl.build`` lowers the examples to: CMS levels of ``mlp`` kind, hidden ``4·D``, periods
+Widths follow what ``nldsl.build`` lowers the examples to: CMS levels of ``mlp`` kind, hidden ``D``, periods
 64 / 512 / 2048 tokens, task objective, lr 1e-3; HOPE's memories are ``mlp(depth = 2)`` with hidden ``4·width``
 and GELU; the Titans memory has hidden ``1·width``. Task-objective levels train through
 :func:`nldsl.nn.surprise.train_segments` (one forward + backward per 64-token segment), so "in-context updates
@@ -52,7 +52,7 @@ class Size:
     layers: int = 12
     heads: int = 12
     cms_hidden: int | None = None
-    """Hidden width of each CMS level; None = 4·dim (the examples)."""
+    """Hidden width of each CMS level; None = dim (the examples, parameter-matched to transformer.nl)."""
     cms_periods: tuple[int, ...] = (64, 512, 2048)
     titans_chunk: int = 64
     hope_chunk: int = 64
@@ -62,7 +62,7 @@ class Size:
 
     @property
     def cms_width(self) -> int:
-        return self.cms_hidden or 4 * self.dim
+        return self.cms_hidden or self.dim
 
 
 PAPER = Size()

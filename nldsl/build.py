@@ -131,9 +131,8 @@ class Compiled:
                     p.grad.div_(len(parts))
         lr = self.lr
         loss = float(torch.stack(losses).mean())
-        if not math.isfinite(loss):  # no update from a NaN/inf loss: the caller stops with the last good state
-            for opt in self.optimizers:
-                opt.zero_grad(set_to_none=True)
+        if not math.isfinite(loss):  # no update from a NaN/inf loss: the caller stops with the last good state;
+            # the gradients stay, so the diagnosis can name the first non-finite one (zero them to go on)
             return {"loss": loss, "grad_norm": float("nan"), "lr": lr, "step": self.step, "tokens": int(y.numel()),
                     "level_steps": 0}
         info = self._outer.step(self.step)

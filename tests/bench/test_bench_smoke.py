@@ -157,4 +157,8 @@ def test_floors_at_the_table_sizes():
     assert math.isclose(rows["baseline", 2048]["GFLOP_per_token"], 0.770, abs_tol=1e-3)
     assert rows["titans", 2048]["bound"] == "compute" and rows["titans", 16384]["floor_ratio"] > 2
     assert rows["hope", 2048]["bound"] == rows["hope_attention", 2048]["bound"] == "memory"
-    assert rows["hope", 2048]["floor_ratio"] < 0.01 and rows["hope_attention", 2048]["floor_ratio"] < 0.1
+    # per-head projection memories and CMS levels of hidden = dim (the examples): still far below the
+    # baseline's floor, because of the per-sequence fast state streamed every chunk
+    assert rows["hope", 2048]["floor_ratio"] < 0.1 and rows["hope_attention", 2048]["floor_ratio"] < 0.5
+    assert math.isclose(rows["hope", 2048]["params_M"], 137.0, abs_tol=0.5)
+    assert math.isclose(rows["hope_attention", 2048]["params_M"], 120.0, abs_tol=0.5)
