@@ -46,6 +46,7 @@ def test_chunk_scope_compiles_chunk_updates_and_static_sublayers(monkeypatch):
     calls = []
     original = memory_ops._memory_segment
     monkeypatch.setattr(memory_ops, "_memory_segment", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(memory_ops, "_COMPILED_SEGMENTS", {})  # a fresh wrapper (another test may have made one)
     forward, _, chunk_options, scope = compile_model(c.model, c._forward_loss, {"backend": "eager"}, "auto")
     assert scope == "chunk" and forward is c.model and chunk_options == {"backend": "eager"}
     compiled = [m for m in c.model.modules() if hasattr(m, "_compiled_call_impl") and m._compiled_call_impl]
