@@ -86,30 +86,11 @@ def render(diag: Diagnostic, sources: dict[str, Source] | None = None) -> str:
       |         ^^
       = hint: use a positive integer
     """
-    span = diag.span
-    head = f"{span}: {diag.severity.value}[{diag.code}]: {diag.message}"
-    source = (sources or {}).get(span.path)
-    text = source.line(span.line) if source else _read_line(span.path, span.line)
-    out = [head]
-    if text is not None:
-        gutter = " " * len(str(span.line))
-        width = (span.end_col - span.col) if span.end_line == span.line else len(text) - span.col + 1
-        width = max(1, width)
-        shown = text.expandtabs(1)
-        out += [f"{gutter} |", f"{span.line} | {shown}", f"{gutter} | {' ' * (span.col - 1)}{'^' * width}"]
-        if diag.hint:
-            out.append(f"{gutter} = hint: {diag.hint}")
-    elif diag.hint:
-        out.append(f"  = hint: {diag.hint}")
-    return "\n".join(out)
+    from nldsl.diagnostics import SourceLines, render_diagnostic
 
-
-def _read_line(path: str, number: int) -> str | None:
-    """Fallback for diagnostics in files the caller did not pass in (e.g. imports)."""
-    try:
-        return Source.from_path(path).line(number)
-    except (OSError, ValueError):
-        return None
+    # one renderer for every caller: lines counted as the parser counts them (a lone \r, form feed or
+    # U+2028 does not shift them), carets measured in terminal columns (tabs, wide characters)
+    return render_diagnostic(diag, SourceLines(sources)(diag.span.path))
 
 
 def has_errors(diags: list[Diagnostic], strict: bool = False) -> bool:
