@@ -297,7 +297,9 @@ def _name_component(err: NonFiniteLossError, compiled: Any, origin: str | None =
     if origin:
         where += f": the forward pass first goes non-finite at {origin} (the step replayed from the last good " \
                  "checkpoint)"
-        where += f"; its update then reached level/component {owner}" if owner else ""
+        if owner:
+            reached = "its gradients went non-finite in" if culprit.kind == "gradient" else "its update then reached"
+            where += f"; {reached} level/component {owner}"
     elif owner:
         where += f", level/component {owner}"
     return NonFiniteLossError(err.step, where, err.value, culprit, what=err.what)
