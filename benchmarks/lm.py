@@ -23,7 +23,6 @@ compiled graphs stay small at any sequence length). ``auto`` = ``model`` without
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, replace
 
 import torch
@@ -168,14 +167,6 @@ def param_count(model: nn.Module) -> int:
 
 
 # ------------------------------------------------------------------------------------- compiling
-def compiled_chunks(backend: str = "inductor"):
-    """Within the block the per-chunk memory update runs through ``torch.compile`` (the runtime's own
-    ``nldsl.nn.memory_ops.compiled_chunks``, what ``compile = on`` with scope chunk uses)."""
-    from nldsl.nn.memory_ops import compiled_chunks as runtime_compiled_chunks
-
-    return runtime_compiled_chunks(backend=backend)
-
-
 def resolve_compile(name: str, mode: str) -> str:
     """``auto`` -> ``model`` for models without in-context memory, ``chunk`` otherwise."""
     if mode not in COMPILE_MODES:
@@ -186,7 +177,7 @@ def resolve_compile(name: str, mode: str) -> str:
 
 
 def compile_in_place(model: nn.Module, mode: str, backend: str = "inductor") -> None:
-    """``block``: every block compiled; ``chunk``: every RMSNorm and SwiGLU compiled (plus compiled_chunks)."""
+    """``block``: every block compiled; ``chunk``: every RMSNorm and SwiGLU compiled (plus the runtime's compiled chunk updates, ``nldsl.compiling.chunk_context``)."""
     from nldsl.nn.layers import RMSNorm, SwiGLU
 
     if mode == "block":
@@ -212,6 +203,7 @@ def make_train_step(model: nn.Module, name: str, compile_mode: str = "auto", bac
     bf16 autocast on CUDA (fp32 master weights, like the baseline); fp32 on CPU. Models with task-objective
     CMS levels train through ``train_segments``. Returns ``(step, optimizer, mode)``.
     """
+    from nldsl.compiling import chunk_context
     from nldsl.nn.surprise import task_segment_len, train_segments
 
     mode = resolve_compile(name, compile_mode)
@@ -234,7 +226,7 @@ def make_train_step(model: nn.Module, name: str, compile_mode: str = "auto", bac
     loss_fn = torch.compile(whole_loss, backend=backend) if mode == "model" and segment is None else whole_loss
     def step(batch: Tensor) -> Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]
-        with compiled_chunks(backend) if mode == "chunk" else contextlib.nullcontext():
+        with chunk_context({"backend": backend} if mode == "chunk" else None):
             if segment is None:
                 loss = loss_fn(inputs, targets)
                 loss.backward()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from typing import Callable
 
+import torch
 from torch import nn
 
 from nldsl.model import Sublayer
@@ -42,8 +43,6 @@ def compile_model(model: nn.Module, loss: Callable, options: dict, scope: str = 
 
     ``chunk_options`` (``None`` under scope model) go to :func:`chunk_context` around every run.
     """
-    import torch
-
     scope = resolve_scope(scope, model)
     if scope == "model":
         return torch.compile(model, **options), torch.compile(loss, **options), None, scope

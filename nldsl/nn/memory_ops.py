@@ -323,31 +323,29 @@ def _memory_segment(
     return y, w, s
 
 
-def chunk_loop(step, carry, segments: list[tuple[int, int]], checkpoint_every: int = 0):
-    """Run ``out, carry = step(carry, t0, n)`` over ``segments``; returns the list of outs and the last carry.
+def chunk_loop(step, carry, lengths: list[int], checkpoint_every: int = 0):
+    """Run ``out, carry = step(carry, i, n)`` for segment ``i`` of ``n`` tokens, over ``lengths``; returns the
+    list of outs and the last carry. (Callers cut their inputs once with ``split_spans(x, lengths)`` and
+    pick piece ``i``.)
 
     With ``checkpoint_every = G > 0`` (and grad enabled) every group of ``G`` segments runs under
     ``torch.utils.checkpoint``: autograd keeps only the carries at group starts and recomputes a group's
     chunk states in the backward (activation memory ``(T/(C·G) + G)`` chunk states instead of ``T/C``;
     the gradients are identical).
     """
-    outs = []
-    if checkpoint_every <= 0 or not torch.is_grad_enabled():
-        for t0, n in segments:
-            out, carry = step(carry, t0, n)
-            outs.append(out)
-        return outs, carry
-
-    def group(carry, part):
+    def run(carry, first: int, part: list[int]):
         res = []
-        for t0, n in part:
-            out, carry = step(carry, t0, n)
+        for i, n in enumerate(part, start=first):
+            out, carry = step(carry, i, n)
             res.append(out)
         return res, carry
 
-    for g0 in range(0, len(segments), checkpoint_every):
+    if checkpoint_every <= 0 or not torch.is_grad_enabled():
+        return run(carry, 0, lengths)
+    outs = []
+    for g0 in range(0, len(lengths), checkpoint_every):
         res, carry = torch.utils.checkpoint.checkpoint(
-            group, carry, segments[g0:g0 + checkpoint_every], use_reentrant=False)
+            run, carry, g0, lengths[g0:g0 + checkpoint_every], use_reentrant=False)
         outs.extend(res)
     return outs, carry
 
@@ -371,19 +369,17 @@ def memory_scan(
     """
     T, C = k.shape[-2], rule.chunk_size
     w, snap, s, pos = unpack_state(rule, state)
-    segments = chunk_segments(T, C, pos)
-    lengths, index = [n for _, n in segments], {t0: i for i, (t0, _) in enumerate(segments)}
+    lengths = [n for _, n in chunk_segments(T, C, pos)]
     ks, vs, qs = (split_spans(x, lengths, -2) for x in (k, v, q))
     etas, alphas, betas = (split_spans(x, lengths, -1) for x in (eta, log_alpha, log_beta))
 
-    def step(carry, t0: int, n: int):
+    def step(carry, i: int, n: int):
         w, snap, s, pos = carry
-        i = index[t0]
         y, w, s = memory_segment(rule, snap, w, s, ks[i], vs[i], etas[i], alphas[i], betas[i], qs[i])
         pos = (pos + n) % C
         return y, (w, w if pos == 0 else snap, s, pos)
 
-    ys, (w, snap, s, pos) = chunk_loop(step, (w, snap, s, pos), segments, checkpoint_every)
+    ys, (w, snap, s, pos) = chunk_loop(step, (w, snap, s, pos), lengths, checkpoint_every)
     y = None
     if q is not None:
         y = torch.cat(ys, dim=-2) if ys else q.new_zeros(*q.shape[:-1], w[-1].shape[-2])

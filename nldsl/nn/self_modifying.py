@@ -304,16 +304,15 @@ class SelfModifyingTitans(nn.Module):
         cfg, H, C = self.config, self.config.n_heads, self.config.proj_chunk_size
 
         w, snap, s, pos = unpack_state(self.bank_rule, state["bank"])
-        segments = chunk_segments(T, C, pos)
-        lengths, index = [n for _, n in segments], {t0: i for i, (t0, _) in enumerate(segments)}
+        lengths = [n for _, n in chunk_segments(T, C, pos)]
         xs = split_spans(x, lengths, 1)
         per_token_beta = log_beta is not None and log_beta.dim() == 3
-        betas = split_spans(log_beta, lengths, 1) if per_token_beta else [log_beta] * len(segments)
+        betas = split_spans(log_beta, lengths, 1) if per_token_beta else [log_beta] * len(lengths)
 
-        def step(carry, t0: int, n: int):
+        def step(carry, i: int, n: int):
             w, snap, s, pos, conv = carry
-            lb = betas[index[t0]]
-            k, v, q_raw, eta_mem, eta_bank, log_alpha, conv = self.project_chunk(xs[index[t0]], snap, conv, lb)
+            lb = betas[i]
+            k, v, q_raw, eta_mem, eta_bank, log_alpha, conv = self.project_chunk(xs[i], snap, conv, lb)
             lb = None if lb is None else _per_token(lb, slice(H, None), B, n)
             _, w, s = memory_segment(self.bank_rule, snap, w, s, self._bank(k, cfg.qk_norm), self._bank(v, cfg.v_norm),
                                      eta_bank.transpose(1, 2), self._bank_rate(log_alpha[..., H:]), lb)
@@ -321,7 +320,7 @@ class SelfModifyingTitans(nn.Module):
             return (k, v, q_raw, eta_mem, log_alpha), (w, w if pos == 0 else snap, s, pos, conv)
 
         outs, (w, snap, s, pos, conv_kv) = chunk_loop(step, (w, snap, s, pos, state.get("conv_kv")),
-                                                      segments, cfg.checkpoint_chunks)
+                                                      lengths, cfg.checkpoint_chunks)
         k, v, q_raw, eta, log_alpha = (None if parts[0] is None else torch.cat(parts, 1) for parts in zip(*outs))
         new_state = {"bank": pack_state(w, snap, s, pos)}
         if conv_kv is not None:

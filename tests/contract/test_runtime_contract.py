@@ -547,12 +547,9 @@ def test_module_pieces_equal_whole_and_sequences_are_isolated(name):
     assert_rel_close(alone[0], y[2], 1e-12, "batch of one")
 
 
-MID_CHUNK = {name: 10 if name == "cms_nested" else 7 for name in MODULES if name != "neural_memory_linear_dgd"}
-
-
-@pytest.mark.parametrize("name,T", MID_CHUNK.items(), ids=MID_CHUNK)
-def test_module_state_saved_mid_chunk_resumes_exactly(name, T, tmp_path):
-    """Detach, safetensors (nldsl.nn.state) and torch.save(weights_only) round trips, cut inside a chunk."""
+def _resume_through_safetensors(name: str, T: int, tmp_path):
+    """Run T tokens, save the detached state as safetensors, reload it: the rest of the sequence must come out
+    exactly as from the live state. Returns ``(module, x, live state, expected rest)``."""
     m = _build(name)
     x = _x(B=2)
     _, s = m(x[:, :T])
@@ -560,6 +557,16 @@ def test_module_state_saved_mid_chunk_resumes_exactly(name, T, tmp_path):
     save_state(detach_state(s), str(tmp_path / "s.safetensors"))
     got, _ = m(x[:, T:], load_state(str(tmp_path / "s.safetensors")))
     assert torch.equal(got, want)
+    return m, x, s, want
+
+
+MID_CHUNK = {name: 10 if name == "cms_nested" else 7 for name in MODULES if name != "neural_memory_linear_dgd"}
+
+
+@pytest.mark.parametrize("name,T", MID_CHUNK.items(), ids=MID_CHUNK)
+def test_module_state_saved_mid_chunk_resumes_exactly(name, T, tmp_path):
+    """Detach, safetensors (nldsl.nn.state) and torch.save(weights_only) round trips, cut inside a chunk."""
+    m, x, s, want = _resume_through_safetensors(name, T, tmp_path)
     buf = io.BytesIO()
     torch.save(detach_state(s), buf)
     buf.seek(0)
@@ -576,13 +583,7 @@ BOUNDARY = [
 @pytest.mark.parametrize("name,T", BOUNDARY)
 def test_module_state_saved_at_a_chunk_boundary_resumes_exactly(name, T, tmp_path):
     """Was: at a boundary 'w' and 'snap' (or a nested level and its parent) were one tensor; safetensors refused."""
-    m = _build(name)
-    x = _x(B=2)
-    _, s = m(x[:, :T])
-    want, _ = m(x[:, T:], s)
-    save_state(detach_state(s), str(tmp_path / "s.safetensors"))
-    got, _ = m(x[:, T:], load_state(str(tmp_path / "s.safetensors")))
-    assert torch.equal(got, want)
+    _resume_through_safetensors(name, T, tmp_path)
 
 
 def test_tiny_data_dependent_retention_stays_finite_on_the_delta_rule_route():
