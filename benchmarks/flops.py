@@ -78,10 +78,6 @@ def memory_update(width: int, hidden: int, depth: int, objective: str, momentum:
     return reads * read + errors + writes + decay
 
 
-def conv(channels: int, kernel: int = 4) -> float:
-    return 2.0 * channels * kernel
-
-
 def cms_level(dim: int, hidden: int, kind: str = "mlp") -> float:
     return linear(dim, hidden) * (3 if kind == "swiglu" else 2)
 
@@ -144,7 +140,7 @@ def transformer_layer(s: Shape) -> float:
 def titans_layer(s: Shape) -> float:
     d = s.dim // s.heads
     hidden = round(d * s.titans_hidden_mult)
-    static = 5 * linear(s.dim, s.dim) + 3 * linear(s.dim, s.heads) + conv(3 * s.dim)
+    static = 5 * linear(s.dim, s.dim) + 3 * linear(s.dim, s.heads)
     memory = s.heads * memory_update(d, hidden, s.memory_depth, "l2", True, True, s.titans_chunk)
     return static + memory + swiglu(s.dim, swiglu_hidden(s.dim))
 
@@ -161,7 +157,7 @@ def smt_parts(s: Shape) -> dict[str, float]:
     d = s.dim // s.heads
     hm = max(1, round(d * s.hope_hidden_mult))
     return {
-        "static": 3 * linear(s.dim, s.dim) + 2 * linear(s.dim, s.heads + P) + conv(3 * s.dim),
+        "static": 3 * linear(s.dim, s.dim) + 2 * linear(s.dim, s.heads + P),
         "proj_read": m * P * mlp_memory_read(w, hp, s.memory_depth),
         "proj_update": m * P * memory_update(w, hp, s.memory_depth, "self", True, False, s.hope_proj_chunk),
         "main_memory": s.heads * memory_update(d, hm, s.memory_depth, "self", True, True, s.hope_chunk),

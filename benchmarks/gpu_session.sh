@@ -7,6 +7,8 @@
 #   long      the same at seq 16384 x 2
 #   generate  decode tokens/s at batch 1 and 32 next to the baseline's KV-cache decoding
 #   compare   nldsl train on hope/titans/transformer.nl at one size (benchmarks/train_compare.py)
+#   fused     one Titans memory layer: the fused Triton scan vs the torch path (benchmarks/fused_scan.py)
+# Env: MODELS (comma list for train/long), TESTS_K (pytest -k filter for tests), STEPS, BUDGET, CHECK_ARGS.
 # Usage (on the GPU machine, from the repository root):  OUT=/tmp/out bash benchmarks/gpu_session.sh check train
 # Python wheels the GPU image lacks (lark, pydantic, graphviz, fla) are installed from .whl/ when present.
 set -uo pipefail
@@ -27,15 +29,16 @@ for stage in "${stages[@]}"; do
   echo "=== stage $stage ($(date -u +%H:%M:%S))"
   case $stage in
     check)    python3 benchmarks/gpu_check.py --no-tests ${CHECK_ARGS:-} --out "$OUT/check" ;;
-    tests)    python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu ;;
-    train)    python3 benchmarks/throughput.py --seqs 2048 --steps "$STEPS" --profile-max-ms 60000 \
+    tests)    python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu ${TESTS_K:+-k "$TESTS_K"} ;;
+    fused)    python3 benchmarks/fused_scan.py --out "$OUT/fused" ;;
+    train)    python3 benchmarks/throughput.py ${MODELS:+--models "$MODELS"} --seqs 2048 --steps "$STEPS" --profile-max-ms 60000 \
                 --budget-s "${BUDGET:-330}" --out "$OUT/train" ;;
-    long)     python3 benchmarks/throughput.py --seqs 16384 --steps "$STEPS" --profile-max-ms 60000 \
+    long)     python3 benchmarks/throughput.py ${MODELS:+--models "$MODELS"} --seqs 16384 --steps "$STEPS" --profile-max-ms 60000 \
                 --budget-s "${BUDGET:-330}" --out "$OUT/long" ;;
     generate) python3 benchmarks/throughput.py --generate --out "$OUT/generate" ;;
     compare)  timeout "${COMPARE_TIMEOUT:-900}" python3 benchmarks/train_compare.py ${COMPARE_ARGS:-} --steps "${COMPARE_STEPS:-200}" --seq "${COMPARE_SEQ:-512}" \
                 --batch "${COMPARE_BATCH:-8}" --quiet --json "$OUT/compare.json" --out /tmp/nldsl-compare ;;
-    *) echo "unknown stage: $stage (check, tests, train, long, generate, compare)"; status=2 ;;
+    *) echo "unknown stage: $stage (check, tests, fused, train, long, generate, compare)"; status=2 ;;
   esac
   rc=$?; [ $rc -ne 0 ] && { echo "stage $stage exited with $rc"; status=$rc; }
 done

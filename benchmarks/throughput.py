@@ -210,6 +210,13 @@ def profile_step(fn, device, log: bu.Log, label: str, step_ms: float) -> dict:
     log(f"[profile] {label}: {len(kernels)} kernels, GPU busy {busy:.1f} ms of a {step_ms:.1f} ms step")
     for kernel, ms in sorted(per_name.items(), key=lambda kv: -kv[1])[:8]:
         log(f"[profile]   {ms:9.2f} ms  {kernel[:110]}")
+    ops = []  # the operators that launched them (self GPU time), to tell what in the model costs
+    for avg in prof.key_averages():
+        self_us = getattr(avg, "self_device_time_total", None) or getattr(avg, "self_cuda_time_total", 0.0)
+        if self_us and avg.key.startswith(("aten::", "Torch-Compiled", "CompiledFunction", "_Scan")):
+            ops.append((self_us / 1e3, avg.count, avg.key))
+    for ms, count, key in sorted(ops, reverse=True)[:10]:
+        log(f"[profile]   op {ms:9.2f} ms  x{count:<6d} {key[:90]}")
     return {"kernels": len(kernels), "busy": busy / step_ms if kernels else None}
 
 

@@ -111,11 +111,13 @@ class Compiled:
         self.task_levels = plan.task_segment is not None and plan.model.task == "lm"
         self.autocast = _autocast_dtype(plan, device)
         self.compiled = plan.train.compile.enabled if compile is None else bool(compile)
-        self._fwd, self._loss = self.model, self._forward_loss
+        self._fwd, self._loss, self._cross_entropy = self.model, self._forward_loss, logits_loss
         self.compile_scope, self._chunk_options = None, None
         if self.compiled:
             self._fwd, self._loss, self._chunk_options, self.compile_scope = compile_model(
                 self.model, self._forward_loss, _compile_options(plan), plan.train.compile.scope)
+            if self.compile_scope == "chunk":  # the head's loss is static: one fused graph (fp32 logits never stored)
+                self._cross_entropy = torch.compile(logits_loss, **_compile_options(plan))
 
     # ------------------------------------------------------------------------------------------ steps
 
@@ -151,7 +153,7 @@ class Compiled:
 
     def _forward_loss(self, x: Tensor, y: Tensor) -> Tensor:
         logits, _ = self.model(x)
-        return F.cross_entropy(_wide(logits).reshape(-1, logits.shape[-1]), y.reshape(-1))
+        return self._cross_entropy(logits, y)
 
     @torch.no_grad()
     def _eval_plain(self, x: Tensor, y: Tensor) -> Tensor:
@@ -254,6 +256,11 @@ class Compiled:
 def token_losses(logits: Tensor, targets: Tensor) -> Tensor:
     """Per-token cross entropy ``(B, n)`` (the loss ``train_segments`` accumulates the surprise of)."""
     return F.cross_entropy(_wide(logits).transpose(1, 2), targets, reduction="none")
+
+
+def logits_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Mean next-token cross-entropy of ``logits`` ``(B, T, V)`` against ``y`` ``(B, T)``, in fp32."""
+    return F.cross_entropy(_wide(logits).reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
 def _wide(logits: Tensor) -> Tensor:

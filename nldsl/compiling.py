@@ -49,6 +49,8 @@ def compile_model(model: nn.Module, loss: Callable, options: dict, scope: str = 
     for module in model.modules():
         if isinstance(module, Sublayer) and not isinstance(module.fn, CHUNK_LOOP_MODULES):
             module.fn.compile(**options)
+        elif isinstance(module, Sublayer) and module.norm is not None:
+            module.norm.compile(**options)  # the pre-norm of a memory sublayer (its static maps: chunk context)
     return model, loss, {k: v for k, v in options.items() if k != "dynamic"}, scope
 
 

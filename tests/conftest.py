@@ -18,11 +18,17 @@ def update_golden(request) -> bool:
 
 
 def pytest_configure(config):
-    """One torch thread per xdist worker: two workers on two cores otherwise oversubscribe badly."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        import torch
+    """One torch thread per xdist worker: two workers on two cores otherwise oversubscribe badly.
 
+    Without CUDA, Triton kernels (the fused memory scan) run in Triton's CPU interpreter, which Triton
+    only chooses when ``TRITON_INTERPRET=1`` is set before it is first imported: here, before any test.
+    """
+    import torch
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

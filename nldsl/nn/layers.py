@@ -129,8 +129,13 @@ class ShortConv(nn.Module):
         if T == 0:  # an empty piece: nothing to read, the window is unchanged
             return x, state
         xx = torch.cat([state.to(x.dtype), x], dim=1)  # (B, K-1+T, D)
-        y = F.conv1d(xx.transpose(1, 2), self.weight.to(x.dtype), None, groups=D)  # (B, D, T)
-        y = y.transpose(1, 2)  # (B, T, D)
+        # K shifted multiply-adds rather than F.conv1d: channels-last needs no transposes, and under
+        # torch.compile the window fuses into one elementwise kernel (cuDNN's depthwise conv and its
+        # weight-gradient reduction were ms per layer on an H200)
+        w = self.weight.to(x.dtype)[:, 0, :]  # (D, K)
+        y = xx[:, :T] * w[:, 0]
+        for j in range(1, K):
+            y = y + xx[:, j:j + T] * w[:, j]
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y, xx[:, xx.shape[1] - (K - 1):]

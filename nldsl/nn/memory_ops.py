@@ -27,6 +27,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from nldsl.nn.functional import activation, chunk_decay_weights, dgd_rate
+from nldsl.nn import fused_memory
 from nldsl.nn.layers import split_spans
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "memory_read",
     "memory_segment",
     "compiled_chunks",
+    "active_compile_options",
+    "compiled",
     "chunk_loop",
     "memory_scan",
 ]
@@ -251,6 +254,7 @@ def _detach_heads(rule: MemoryRule, x: Tensor) -> Tensor:
 
 _COMPILED_SEGMENTS: dict[tuple, object] = {}
 _ACTIVE_SEGMENT: list = []
+_ACTIVE_OPTIONS: list[dict] = []
 
 
 @contextlib.contextmanager
@@ -267,10 +271,32 @@ def compiled_chunks(**options):
         _raise_recompile_limit(64)
         _COMPILED_SEGMENTS[key] = torch.compile(_memory_segment, **{"dynamic": False, **options})
     _ACTIVE_SEGMENT.append(_COMPILED_SEGMENTS[key])
+    _ACTIVE_OPTIONS.append({"dynamic": False, **options})
     try:
         yield
     finally:
         _ACTIVE_SEGMENT.pop()
+        _ACTIVE_OPTIONS.pop()
+
+
+def active_compile_options() -> dict | None:
+    """The ``torch.compile`` options of the innermost :func:`compiled_chunks` block (``None`` outside one, or
+    while a graph is being traced): memory modules compile their static pieces (projections, rates,
+    read-out, the fused scan's write coefficients) with them, so ``scope = chunk`` covers those too."""
+    if not _ACTIVE_OPTIONS or torch.compiler.is_compiling():
+        return None
+    return _ACTIVE_OPTIONS[-1]
+
+
+def compiled(fn, options: dict | None, cache: dict, key):
+    """``fn`` itself without options, else ``torch.compile(fn, **options)``, made once per ``key`` and
+    option set and kept in ``cache``."""
+    if options is None:
+        return fn
+    full = (key, tuple(sorted(options.items())))
+    if full not in cache:
+        cache[full] = torch.compile(fn, **options)
+    return cache[full]
 
 
 def _raise_recompile_limit(at_least: int) -> None:
@@ -365,8 +391,36 @@ def memory_scan(
 
     The first segment completes the chunk the state stopped in; a full chunk refreshes the snapshot.
     ``checkpoint_every``: see :func:`chunk_loop`. Returns the reads ``(B, H, T, o)`` (``None`` without
-    ``q``) and the new state.
+    ``q``) and the new state. Where :func:`nldsl.nn.fused_memory.usable` says so, the whole chunks run in
+    one fused kernel (the same maths; ``checkpoint_every`` is moot there: it keeps only chunk-start states).
     """
+    T, C, pos = k.shape[-2], rule.chunk_size, state["pos"]
+    head = min((C - pos) % C, T)
+    body = (T - head) // C * C
+    if body and fused_memory.usable(rule, k, q, state["w"]["0"].dtype):
+        spans = [head, body, T - head - body]
+        parts = [split_spans(x, spans, -2) for x in (k, v, q)] + [
+            split_spans(x, spans, -1) for x in (eta, log_alpha, log_beta)]
+        piece = [[p[i] for p in parts] for i in range(3)]  # (k, v, q, eta, log_alpha, log_beta) per span
+        ys = []
+        if head:
+            y, state = _torch_scan(rule, state, *piece[0], checkpoint_every)
+            ys.append(y)
+        w, _, s, _ = unpack_state(rule, state)
+        pk, pv, pq, peta, pla, plb = piece[1]
+        y, w, s = fused_memory.scan_full_chunks(rule, w, s, pk, pv, pq, peta, pla, plb, active_compile_options())
+        ys.append(y)
+        state = pack_state(w, w, s, 0)
+        if spans[2]:
+            y, state = _torch_scan(rule, state, *piece[2], checkpoint_every)
+            ys.append(y)
+        return torch.cat(ys, dim=-2) if len(ys) > 1 else ys[0], state
+    return _torch_scan(rule, state, k, v, q, eta, log_alpha, log_beta, checkpoint_every)
+
+
+def _torch_scan(rule: MemoryRule, state: dict, k: Tensor, v: Tensor, q: Tensor | None, eta: Tensor,
+                log_alpha: Tensor | None, log_beta: Tensor | None, checkpoint_every: int) -> tuple[Tensor | None, dict]:
+    """:func:`memory_scan` on the torch path: one :func:`memory_segment` per chunk (the CPU path, the reference)."""
     T, C = k.shape[-2], rule.chunk_size
     w, snap, s, pos = unpack_state(rule, state)
     lengths = [n for _, n in chunk_segments(T, C, pos)]

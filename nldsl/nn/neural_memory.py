@@ -23,7 +23,8 @@ from nldsl.nn.delta_rule import chunk_gated_delta_rule
 from nldsl.nn.functional import ACTIVATIONS, dgd_rate, l2_normalize, logit, softplus_inverse
 from nldsl.nn.layers import RMSNorm, ShortConv, check_finite, check_positive_int, compute_dtype
 from nldsl.nn.memory_ops import (
-    OBJECTIVES, MemoryRule, init_memory_state, init_memory_weights, memory_scan, pack_state,
+    OBJECTIVES, MemoryRule, active_compile_options, compiled, init_memory_state, init_memory_weights, memory_scan,
+    pack_state,
 )
 
 __all__ = ["NeuralMemory", "Rate", "RATE_MODES", "short_conv", "resolve_config"]
@@ -276,14 +277,22 @@ class NeuralMemory(nn.Module):
         """``x`` ``(B, T, D)`` -> ``(y (B, T, D), state)``; pass the state back to continue the sequence."""
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
-        q, k, v, conv_state = self.project(x, state.get("conv"))
+        options = active_compile_options()
+        project, rates, read_out = (self._static(name, options) for name in ("project", "rates", "read_out"))
+        q, k, v, conv_state = project(x, state.get("conv"))
         sd = compute_dtype(x.dtype)
-        eta, log_alpha, log_beta = self.rates(x, sd)
+        eta, log_alpha, log_beta = rates(x, sd)
         y, mem = self.scan(state["memory"], q, k, v, eta, log_alpha, log_beta)
         new_state = {"memory": mem}
         if conv_state is not None:
             new_state["conv"] = conv_state
-        return self.read_out(x, y), new_state
+        return read_out(x, y), new_state
+
+    def _static(self, name: str, options: dict | None):
+        """The method ``name``, compiled with ``options`` inside a chunk-compile block (scope chunk): the
+        projections, rates and read-out are static maps, so they fuse like any static sublayer."""
+        cache = self.__dict__.setdefault("_compiled_static", {})
+        return compiled(getattr(self, name), options, cache, name)
 
     def read_out(self, x: Tensor, y: Tensor) -> Tensor:
         """Per-head norm, gate and output projection: ``(B, H, T, d)`` -> ``(B, T, D)``."""

@@ -1,0 +1,225 @@
+"""The fused memory scan: one Triton program per (sequence, head) runs every chunk of a Titans-style memory.
+
+Why: the torch path (``memory_ops.memory_scan``) runs one chunk update at a time from Python, about 90
+small kernels per chunk forward and backward: a Titans layer at T = 2048 is launch-bound (GPU busy 31%,
+docs/performance.md). Here the fast weights stay on chip for the whole sequence; the backward walks
+the chunks in reverse from the saved chunk-start states. Kernels: :mod:`nldsl.nn.fused_memory_kernels`.
+
+Route (``memory_scan`` asks :func:`usable`): a residual MLP memory of depth 2 with SiLU, the ``l2``
+objective, GD (no DGD, no rate normalisation, no per-head stop-grad), a query read, power-of-two widths
+and chunk in [16, 128], on CUDA with Triton. The chunks that start at a chunk boundary run fused; a
+leading or trailing partial chunk takes the torch path. Everything else takes the torch path, which
+stays the CPU path and the reference. ``NLDSL_FUSED_SCAN=off`` (or :func:`fused_scan_mode`) turns the
+route off; ``interpret`` takes the route on any device, for Triton's CPU interpreter (``TRITON_INTERPRET=1``,
+which tests/conftest.py sets on machines without CUDA).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+from torch import Tensor
+
+from nldsl.nn.functional import chunk_decay_weights
+
+__all__ = ["MODES", "fused_scan_mode", "mode", "usable", "scan_full_chunks", "triton_available"]
+
+MODES = ("auto", "off", "interpret")
+"""``auto``: fused on CUDA where the rule fits; ``off``: always the torch path; ``interpret``: fused on any
+device through Triton's interpreter (slow; for tests and debugging)."""
+
+NUM_WARPS = 4
+"""Warps per (sequence, head) program: the fast weights and their momentum (4 × 64 × 64 fp32 at Titans'
+sizes) live in registers, so fewer warps spill (benchmarks/fused_scan.py sweeps it)."""
+
+BF16_DOTS = True
+"""bf16/fp16 inputs (autocast): matrix products on bf16 operands with fp32 accumulation, as the torch path's
+autocast matmuls; ``False``: TF32 products of the fp32 values (more mantissa, half the tensor-core rate).
+fp32/fp64 inputs always get exact fp32/fp64 products."""
+
+NUM_STAGES: int | None = None
+"""Software-pipelining stages of the chunk loop (``None``: Triton's default for bf16/fp16 inputs, 1 for
+fp32, whose prefetched k/v/q/dy tiles would not fit in shared memory)."""
+
+_OVERRIDE: list[str] = []
+_WIDTHS = (16, 32, 64, 128)
+
+
+def mode() -> str:
+    """The active mode: the innermost :func:`fused_scan_mode`, else ``$NLDSL_FUSED_SCAN``, else ``auto``."""
+    if _OVERRIDE:
+        return _OVERRIDE[-1]
+    value = os.environ.get("NLDSL_FUSED_SCAN", "auto").strip().lower() or "auto"
+    if value not in MODES:
+        raise ValueError(f"NLDSL_FUSED_SCAN must be one of {', '.join(MODES)}, got {value!r}")
+    return value
+
+
+@contextlib.contextmanager
+def fused_scan_mode(value: str):
+    """Within the block, use ``value`` (one of :data:`MODES`) whatever the environment says."""
+    if value not in MODES:
+        raise ValueError(f"fused scan mode must be one of {', '.join(MODES)}, got {value!r}")
+    _OVERRIDE.append(value)
+    try:
+        yield
+    finally:
+        _OVERRIDE.pop()
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # an absent or broken Triton (e.g. a CPU-only install) means the torch path
+        return False
+    return True
+
+
+def usable(rule, k: Tensor, q: Tensor | None, state_dtype: torch.dtype) -> bool:
+    """Whether :func:`scan_full_chunks` implements ``rule`` for these inputs (else the torch path runs)."""
+    m = mode()
+    if m == "off" or q is None or torch.compiler.is_compiling() or not triton_available():
+        return False
+    if m == "interpret" and not interpreter_on():
+        raise RuntimeError("NLDSL_FUSED_SCAN=interpret needs Triton's interpreter: set TRITON_INTERPRET=1 "
+                           "before Python starts (Triton reads it when it is imported)")
+    if m == "auto" and not (k.is_cuda and k.dtype in (torch.bfloat16, torch.float16, torch.float32)
+                            and state_dtype == torch.float32):
+        return False
+    fits = (rule.depth == 2 and rule.activation == "silu" and rule.objective == "l2" and not rule.dgd
+            and not rule.normalized_rate and not any(rule.detached_heads) and rule.chunk_size in _WIDTHS)
+    return fits and k.shape[-1] in _WIDTHS
+
+
+def interpreter_on() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` before Triton is imported)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on")
+
+
+@functools.cache
+def _kernels():
+    """``(forward, backward)`` under ``triton.jit`` (the interpreter's when ``TRITON_INTERPRET=1``)."""
+    import triton
+
+    from nldsl.nn import fused_memory_kernels as src
+    return triton.jit(src.scan_fwd), triton.jit(src.scan_bwd)
+
+
+def _strides(*xs: Tensor) -> list[int]:
+    return [s for x in xs for s in x.stride()[:3]]
+
+
+def _launch(x: Tensor) -> dict:
+    stages = NUM_STAGES if NUM_STAGES is not None else (1 if x.dtype.itemsize >= 4 else None)
+    return {"num_warps": NUM_WARPS, **({} if stages is None else {"num_stages": stages})}
+
+
+def _precision(x: Tensor) -> dict:
+    """``PREC`` and ``OPDT`` of the kernels: the products' precision and operand dtype (see :data:`BF16_DOTS`)."""
+    import triton.language as tl
+
+    if x.dtype in (torch.bfloat16, torch.float16):
+        return {"PREC": "tf32", "OPDT": tl.bfloat16 if BF16_DOTS else tl.float32}
+    return {"PREC": "ieee", "OPDT": tl.float64 if x.dtype == torch.float64 else tl.float32}
+
+
+class _Scan(torch.autograd.Function):
+    """``(k, v, q, γ, ρ, decays, W1, W2, S1, S2) -> (y, W1', W2', S1', S2')`` over full chunks."""
+
+    @staticmethod
+    def forward(ctx, k, v, q, gam, rho, dec, w1, w2, s1, s2, chunk: int, stopgrad: bool):
+        B, H, T, D = k.shape
+        HID, NC, sd = w1.shape[-2], T // chunk, w1.dtype
+        momentum = s1 is not None
+        k, v, q = (x if x.stride(-1) == 1 else x.contiguous() for x in (k, v, q))
+        state = [x.contiguous() for x in ((w1, w2, s1, s2) if momentum else (w1, w2))]
+        outs = [torch.empty_like(x) for x in state]
+        nsave = 4 if momentum else 2
+        save_states = any(ctx.needs_input_grad)
+        save = k.new_empty((B * H * NC * nsave * HID * D) if save_states else 1, dtype=sd)
+        y = torch.empty(B, H, T, D, dtype=k.dtype, device=k.device)
+        dummy = gam  # stands in for the momentum pointers without momentum (never read)
+        fwd, _ = _kernels()
+        fwd[(B * H,)](
+            k, v, q, y, gam, rho if momentum else dummy, dec, *state[:2],
+            *(state[2:] if momentum else (dummy, dummy)), *outs[:2], *(outs[2:] if momentum else (dummy, dummy)),
+            save, H, *_strides(k, v, q),
+            NC=NC, C=chunk, D=D, HID=HID, MOMENTUM=momentum, SAVE_STATES=save_states, **_precision(k), NSAVE=nsave,
+            **_launch(k),
+        )
+        ctx.save_for_backward(k, v, q, gam, rho if momentum else None, dec, save)
+        ctx.meta = (chunk, stopgrad, momentum, HID)
+        return (y, *outs) if momentum else (y, *outs, None, None)
+
+    @staticmethod
+    def backward(ctx, dy, dw1, dw2, ds1, ds2):
+        k, v, q, gam, rho, dec, save = ctx.saved_tensors
+        chunk, stopgrad, momentum, HID = ctx.meta
+        B, H, T, D = k.shape
+        NC, sd = T // chunk, gam.dtype
+        adj = [x.to(sd).contiguous().clone() for x in ((dw1, dw2, ds1, ds2) if momentum else (dw1, dw2))]
+        dk, dv, dq = (torch.empty(B, H, T, D, dtype=sd, device=k.device) for _ in range(3))
+        dgam = torch.empty_like(gam)
+        drho = torch.empty_like(gam) if momentum else gam
+        ddec = torch.zeros_like(dec)
+        _, bwd = _kernels()
+        bwd[(B * H,)](
+            k, v, q, dy.contiguous(), gam, rho if momentum else gam, dec, save,
+            *adj[:2], *(adj[2:] if momentum else (gam, gam)), dk, dv, dq, dgam, drho, ddec,
+            H, *_strides(k, v, q),
+            NC=NC, C=chunk, D=D, HID=HID, MOMENTUM=momentum, STOPGRAD=stopgrad, **_precision(k),
+            NSAVE=4 if momentum else 2, **_launch(k),
+        )
+        grads_state = adj if momentum else adj + [None, None]
+        return (dk.to(k.dtype), dv.to(v.dtype), dq.to(q.dtype), dgam, drho if momentum else None, ddec,
+                *grads_state, None, None)
+
+
+def write_coefficients(eta: Tensor, log_alpha: Tensor | None, log_beta: Tensor | None, chunk: int,
+                       stopgrad: bool, dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Per-token write coefficients ``γ = c·η`` and ``ρ = b·η`` ``(B·H, T)`` and per-chunk decays
+    ``(A, s0, Bn)`` ``(B·H, T/C, 3)`` of :func:`~nldsl.nn.functional.chunk_decay_weights`, for every chunk
+    at once (differentiable; the kernels take them as inputs and return their gradients)."""
+    B, H, T = eta.shape
+    shape = (B, H, T // chunk, chunk)
+    la = torch.zeros(shape, dtype=dtype, device=eta.device) if log_alpha is None else log_alpha.to(dtype).reshape(shape)
+    lb = None if log_beta is None else log_beta.to(dtype).reshape(shape)
+    A, c, s0, b, Bn = chunk_decay_weights(la, lb)
+    rate = (eta.detach() if stopgrad else eta).to(dtype).reshape(shape)
+    gam = (c * rate).reshape(B * H, T)
+    rho = None if lb is None else (b * rate).reshape(B * H, T).contiguous()
+    zero = torch.zeros_like(A)
+    dec = torch.stack([A, s0, Bn] if lb is not None else [A, zero, zero], dim=-1).reshape(B * H, T // chunk, 3)
+    return gam.contiguous(), rho, dec.contiguous()
+
+
+_COMPILED: dict = {}
+
+
+def scan_full_chunks(
+    rule, w: list[Tensor], s: list[Tensor] | None, k: Tensor, v: Tensor, q: Tensor, eta: Tensor,
+    log_alpha: Tensor | None, log_beta: Tensor | None, compile_options: dict | None = None,
+) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
+    """Read and write ``T`` tokens (a multiple of the chunk) that start at a chunk boundary, fused.
+
+    Same contract as chaining ``memory_ops._memory_segment`` over the chunks with ``snap = w`` at each
+    chunk start: returns the reads ``(B, H, T, d)`` and the final weights and momentum.
+    ``compile_options``: compile the write coefficients' elementwise work with these (scope chunk).
+    """
+    from nldsl.nn.memory_ops import compiled
+
+    T, C, sd = k.shape[-2], rule.chunk_size, w[0].dtype
+    if T % C:
+        raise ValueError(f"scan_full_chunks needs a multiple of the chunk ({C}) tokens, got {T}")
+    if rule.momentum != (log_beta is not None and s is not None):
+        raise ValueError("log_beta and the momentum state must be given exactly when the rule has momentum")
+    coefficients = compiled(write_coefficients, compile_options, _COMPILED, "write_coefficients")
+    with torch.autocast(k.device.type, enabled=False):
+        gam, rho, dec = coefficients(eta, log_alpha, log_beta if rule.momentum else None, C, rule.stopgrad, sd)
+        y, w1, w2, s1, s2 = _Scan.apply(
+            k, v, q, gam, rho, dec, w[0], w[1], *(s if rule.momentum else (None, None)), C, rule.stopgrad)
+    return y, [w1, w2], ([s1, s2] if rule.momentum else None)
