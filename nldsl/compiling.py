@@ -50,7 +50,10 @@ def compile_model(model: nn.Module, loss: Callable, options: dict, scope: str = 
         if isinstance(module, Sublayer) and not isinstance(module.fn, CHUNK_LOOP_MODULES):
             module.fn.compile(**options)
         elif isinstance(module, Sublayer) and module.norm is not None:
-            module.norm.compile(**options)  # the pre-norm of a memory sublayer (its static maps: chunk context)
+            # a memory sublayer's pre-norm (the memory's own static maps compile in the chunk context). Static
+            # sublayers keep theirs eager: compiling those too cut GPU time but cost more in host time
+            # (docs/performance.md, change log)
+            module.norm.compile(**options)
     return model, loss, {k: v for k, v in options.items() if k != "dynamic"}, scope
 
 

@@ -399,9 +399,12 @@ def memory_scan(
     body = (T - head) // C * C
     if body and fused_memory.usable(rule, k, q, state["w"]["0"].dtype):
         spans = [head, body, T - head - body]
-        parts = [split_spans(x, spans, -2) for x in (k, v, q)] + [
-            split_spans(x, spans, -1) for x in (eta, log_alpha, log_beta)]
-        piece = [[p[i] for p in parts] for i in range(3)]  # (k, v, q, eta, log_alpha, log_beta) per span
+        if body == T:  # whole chunks only: no split (its backward would copy every gradient once more)
+            piece = [None, [k, v, q, eta, log_alpha, log_beta], None]
+        else:
+            parts = [split_spans(x, spans, -2) for x in (k, v, q)] + [
+                split_spans(x, spans, -1) for x in (eta, log_alpha, log_beta)]
+            piece = [[p[i] for p in parts] for i in range(3)]  # (k, v, q, eta, log_alpha, log_beta) per span
         ys = []
         if head:
             y, state = _torch_scan(rule, state, *piece[0], checkpoint_every)

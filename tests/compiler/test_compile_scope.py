@@ -9,7 +9,8 @@ from conftest import SHRINK, example
 
 from nldsl.build import build
 from nldsl.compiling import compile_model, resolve_scope
-from nldsl.nn import memory_ops
+from nldsl.model import Sublayer
+from nldsl.nn import NeuralMemory, memory_ops
 from nldsl.plan import plan
 
 
@@ -58,3 +59,19 @@ def test_chunk_scope_compiles_chunk_updates_and_static_sublayers(monkeypatch):
     limit = getattr(torch._dynamo.config, "recompile_limit", None) or torch._dynamo.config.cache_size_limit
     assert limit >= 64  # the few variants of a chunk update never fall back to eager silently
     assert got == pytest.approx(ref, rel=1e-5)
+    # the memories' static maps compiled in the chunk context, their pre-norms in place
+    memories = [m for m in c.model.modules() if isinstance(m, NeuralMemory)]
+    assert memories and all({key[0] for key in m.__dict__.get("_compiled_static", {})} == {"project", "rates", "read_out"}
+                            for m in memories)
+    norms = [m.norm for m in c.model.modules() if isinstance(m, Sublayer) and isinstance(m.fn, NeuralMemory)]
+    assert norms and all(n._compiled_call_impl for n in norms)
+
+
+def test_chunk_scope_compiles_the_loss_and_eager_keeps_it_plain():
+    """The cross-entropy of the head is static: compiled under scope chunk (lazily), plain without compile."""
+    from nldsl.build import logits_loss
+
+    compiled = build(example("titans"), compile=True, overrides={**SHRINK["titans"]})
+    assert compiled.compile_scope == "chunk" and compiled._cross_entropy is not logits_loss
+    plain = _small("titans")
+    assert plain.compile_scope is None and plain._cross_entropy is logits_loss
