@@ -79,8 +79,9 @@ def triton_available() -> bool:
     return True
 
 
-def usable(rule, k: Tensor, q: Tensor | None, state_dtype: torch.dtype) -> bool:
-    """Whether :func:`scan_full_chunks` implements ``rule`` for these inputs (else the torch path runs)."""
+def usable(rule, k: Tensor, q: Tensor | None, state_dtype: torch.dtype, hidden: int | None = None) -> bool:
+    """Whether :func:`scan_full_chunks` implements ``rule`` for these inputs (else the torch path runs).
+    ``hidden``: the memory's hidden width (``W1``'s rows; default: the key width)."""
     m = mode()
     if m == "off" or q is None or torch.compiler.is_compiling() or not triton_available():
         return False
@@ -92,7 +93,7 @@ def usable(rule, k: Tensor, q: Tensor | None, state_dtype: torch.dtype) -> bool:
         return False
     fits = (rule.depth == 2 and rule.activation == "silu" and rule.objective == "l2" and not rule.dgd
             and not rule.normalized_rate and not any(rule.detached_heads) and rule.chunk_size in _WIDTHS)
-    return fits and k.shape[-1] in _WIDTHS
+    return fits and k.shape[-1] in _WIDTHS and (k.shape[-1] if hidden is None else hidden) in _WIDTHS
 
 
 def interpreter_on() -> bool:
@@ -156,6 +157,7 @@ class _Scan(torch.autograd.Function):
         return (y, *outs) if momentum else (y, *outs, None, None)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dw1, dw2, ds1, ds2):
         k, v, q, gam, rho, dec, save = ctx.saved_tensors
         chunk, stopgrad, momentum, HID = ctx.meta

@@ -397,7 +397,8 @@ def memory_scan(
     T, C, pos = k.shape[-2], rule.chunk_size, state["pos"]
     head = min((C - pos) % C, T)
     body = (T - head) // C * C
-    if body and fused_memory.usable(rule, k, q, state["w"]["0"].dtype):
+    w0 = state["w"]["0"]
+    if body and fused_memory.usable(rule, k, q, w0.dtype, w0.shape[-2]):
         spans = [head, body, T - head - body]
         if body == T:  # whole chunks only: no split (its backward would copy every gradient once more)
             piece = [None, [k, v, q, eta, log_alpha, log_beta], None]

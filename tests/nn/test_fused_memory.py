@@ -151,6 +151,8 @@ def test_route_takes_only_rules_it_implements():
         assert usable(ok, k, k, torch.float32)
         assert not usable(ok, k, None, torch.float32)  # no read
         assert not usable(ok, torch.zeros(1, 1, 32, 24), torch.zeros(1, 1, 32, 24), torch.float32)  # width 24
+        assert usable(ok, k, k, torch.float32, hidden=64)
+        assert not usable(ok, k, k, torch.float32, hidden=48)  # hidden width 48
         for bad in (MemoryRule(1, "silu", "l2", chunk_size=16), MemoryRule(2, "gelu", "l2", chunk_size=16),
                     MemoryRule(2, "silu", "self", chunk_size=16), MemoryRule(2, "silu", "l2", dgd=True, chunk_size=16),
                     MemoryRule(2, "silu", "l2", chunk_size=8), MemoryRule(2, "silu", "l2", chunk_size=24),
@@ -173,6 +175,26 @@ def test_environment_variable_selects_the_mode(monkeypatch):
     monkeypatch.setenv("NLDSL_FUSED_SCAN", "sometimes")
     with pytest.raises(ValueError, match="NLDSL_FUSED_SCAN must be one of auto, off, interpret"):
         fused_memory.mode()
+
+
+def test_hidden_width_off_the_kernel_grid_takes_the_torch_path(monkeypatch):
+    """A memory whose hidden width is no power of two runs (on the torch path) instead of failing to compile."""
+    called = []
+    monkeypatch.setattr(fused_memory, "scan_full_chunks", lambda *a, **kw: called.append(1))
+    rule, decay = RULES["momentum_decay"]
+    y, _, _ = run(rule, *case(rule, decay, hidden=24), "interpret")
+    assert not called and torch.isfinite(y).all()
+
+
+def test_double_backward_is_refused_clearly():
+    rule, decay = RULES["momentum_decay"]
+    w0, q, k, v, eta, la, lb = case(rule, decay, T=32)
+    k = k.clone().requires_grad_()
+    with fused_scan_mode("interpret"):
+        y, _ = memory_scan(rule, init_memory_state(rule, w0, 2, F64), k, v, eta, la, lb, q)
+    (g,) = torch.autograd.grad(y.square().sum(), k, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|marked with @once_differentiable"):
+        g.sum().backward()
 
 
 def test_the_kernels_run_when_routed(monkeypatch):
