@@ -208,7 +208,7 @@ def profile_step(fn, device, log: bu.Log, label: str, step_ms: float) -> dict:
         per_name[e.name] = per_name.get(e.name, 0.0) + e.time_range.elapsed_us() / 1e3
     busy = sum(per_name.values())
     log(f"[profile] {label}: {len(kernels)} kernels, GPU busy {busy:.1f} ms of a {step_ms:.1f} ms step")
-    for kernel, ms in sorted(per_name.items(), key=lambda kv: -kv[1])[:8]:
+    for kernel, ms in sorted(per_name.items(), key=lambda kv: -kv[1])[:16]:
         log(f"[profile]   {ms:9.2f} ms  {kernel[:110]}")
     ops = []  # the operators that launched them (self GPU time), to tell what in the model costs
     for avg in prof.key_averages():

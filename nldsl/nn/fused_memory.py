@@ -35,8 +35,8 @@ NUM_WARPS = 4
 sizes) live in registers, so fewer warps spill (benchmarks/fused_scan.py sweeps it)."""
 
 BF16_DOTS = True
-"""bf16/fp16 inputs (autocast): matrix products on bf16 operands with fp32 accumulation, as the torch path's
-autocast matmuls; ``False``: TF32 products of the fp32 values (more mantissa, half the tensor-core rate).
+"""bf16/fp16 inputs (autocast): matrix products on bf16/fp16 operands with fp32 accumulation, as the torch
+path's autocast matmuls; ``False``: TF32 products of the fp32 values (more mantissa, half the tensor-core rate).
 fp32/fp64 inputs always get exact fp32/fp64 products."""
 
 NUM_STAGES: int | None = None
@@ -44,7 +44,8 @@ NUM_STAGES: int | None = None
 fp32, whose prefetched k/v/q/dy tiles would not fit in shared memory)."""
 
 _OVERRIDE: list[str] = []
-_WIDTHS = (16, 32, 64, 128)
+_WIDTHS = (16, 32, 64)
+"""Widths and chunks the kernels are built and GPU-tested for (the state lives in registers: wider spills)."""
 
 
 def mode() -> str:
@@ -83,17 +84,18 @@ def usable(rule, k: Tensor, q: Tensor | None, state_dtype: torch.dtype, hidden: 
     """Whether :func:`scan_full_chunks` implements ``rule`` for these inputs (else the torch path runs).
     ``hidden``: the memory's hidden width (``W1``'s rows; default: the key width)."""
     m = mode()
-    if m == "off" or q is None or torch.compiler.is_compiling() or not triton_available():
+    if m == "off" or q is None or q.shape != k.shape or torch.compiler.is_compiling():
+        return False
+    fits = (rule.depth == 2 and rule.activation == "silu" and rule.objective == "l2" and not rule.dgd
+            and not rule.normalized_rate and not any(rule.detached_heads) and rule.chunk_size in _WIDTHS
+            and k.shape[-1] in _WIDTHS and (k.shape[-1] if hidden is None else hidden) in _WIDTHS)
+    if not fits or not triton_available():
         return False
     if m == "interpret" and not interpreter_on():
         raise RuntimeError("NLDSL_FUSED_SCAN=interpret needs Triton's interpreter: set TRITON_INTERPRET=1 "
                            "before Python starts (Triton reads it when it is imported)")
-    if m == "auto" and not (k.is_cuda and k.dtype in (torch.bfloat16, torch.float16, torch.float32)
-                            and state_dtype == torch.float32):
-        return False
-    fits = (rule.depth == 2 and rule.activation == "silu" and rule.objective == "l2" and not rule.dgd
-            and not rule.normalized_rate and not any(rule.detached_heads) and rule.chunk_size in _WIDTHS)
-    return fits and k.shape[-1] in _WIDTHS and (k.shape[-1] if hidden is None else hidden) in _WIDTHS
+    return m == "interpret" or (k.is_cuda and k.dtype in (torch.bfloat16, torch.float16, torch.float32)
+                                and state_dtype == torch.float32)
 
 
 def interpreter_on() -> bool:
@@ -123,8 +125,9 @@ def _precision(x: Tensor) -> dict:
     """``PREC`` and ``OPDT`` of the kernels: the products' precision and operand dtype (see :data:`BF16_DOTS`)."""
     import triton.language as tl
 
-    if x.dtype in (torch.bfloat16, torch.float16):
-        return {"PREC": "tf32", "OPDT": tl.bfloat16 if BF16_DOTS else tl.float32}
+    if x.dtype in (torch.bfloat16, torch.float16):  # (PREC only matters for fp32 operands)
+        half = tl.bfloat16 if x.dtype == torch.bfloat16 else tl.float16
+        return {"PREC": "tf32", "OPDT": half if BF16_DOTS else tl.float32}
     return {"PREC": "ieee", "OPDT": tl.float64 if x.dtype == torch.float64 else tl.float32}
 
 
@@ -132,7 +135,7 @@ class _Scan(torch.autograd.Function):
     """``(k, v, q, γ, ρ, decays, W1, W2, S1, S2) -> (y, W1', W2', S1', S2')`` over full chunks."""
 
     @staticmethod
-    def forward(ctx, k, v, q, gam, rho, dec, w1, w2, s1, s2, chunk: int, stopgrad: bool):
+    def forward(ctx, k, v, q, gam, rho, dec, w1, w2, s1, s2, chunk: int, stopgrad: bool, grad_enabled: bool):
         B, H, T, D = k.shape
         HID, NC, sd = w1.shape[-2], T // chunk, w1.dtype
         momentum = s1 is not None
@@ -140,10 +143,10 @@ class _Scan(torch.autograd.Function):
         state = [x.contiguous() for x in ((w1, w2, s1, s2) if momentum else (w1, w2))]
         outs = [torch.empty_like(x) for x in state]
         nsave = 4 if momentum else 2
-        save_states = any(ctx.needs_input_grad)
+        save_states = grad_enabled and any(ctx.needs_input_grad)  # (grad mode is off in here: asked before)
         save = k.new_empty((B * H * NC * nsave * HID * D) if save_states else 1, dtype=sd)
         y = torch.empty(B, H, T, D, dtype=k.dtype, device=k.device)
-        dummy = gam  # stands in for the momentum pointers without momentum (never read)
+        dummy = gam.new_empty(1)  # stands in for the momentum pointers without momentum (never touched)
         fwd, _ = _kernels()
         fwd[(B * H,)](
             k, v, q, y, gam, rho if momentum else dummy, dec, *state[:2],
@@ -166,19 +169,20 @@ class _Scan(torch.autograd.Function):
         adj = [x.to(sd).contiguous().clone() for x in ((dw1, dw2, ds1, ds2) if momentum else (dw1, dw2))]
         dk, dv, dq = (torch.empty(B, H, T, D, dtype=sd, device=k.device) for _ in range(3))
         dgam = torch.empty_like(gam)
-        drho = torch.empty_like(gam) if momentum else gam
+        spare = gam.new_empty(1)  # the momentum pointers without momentum (never touched)
+        drho = torch.empty_like(gam) if momentum else spare
         ddec = torch.zeros_like(dec)
         _, bwd = _kernels()
         bwd[(B * H,)](
-            k, v, q, dy.contiguous(), gam, rho if momentum else gam, dec, save,
-            *adj[:2], *(adj[2:] if momentum else (gam, gam)), dk, dv, dq, dgam, drho, ddec,
+            k, v, q, dy.contiguous(), gam, rho if momentum else spare, dec, save,
+            *adj[:2], *(adj[2:] if momentum else (spare, spare)), dk, dv, dq, dgam, drho, ddec,
             H, *_strides(k, v, q),
             NC=NC, C=chunk, D=D, HID=HID, MOMENTUM=momentum, STOPGRAD=stopgrad, **_precision(k),
             NSAVE=4 if momentum else 2, **_launch(k),
         )
         grads_state = adj if momentum else adj + [None, None]
         return (dk.to(k.dtype), dv.to(v.dtype), dq.to(q.dtype), dgam, drho if momentum else None, ddec,
-                *grads_state, None, None)
+                *grads_state, None, None, None)
 
 
 def write_coefficients(eta: Tensor, log_alpha: Tensor | None, log_beta: Tensor | None, chunk: int,
@@ -223,5 +227,6 @@ def scan_full_chunks(
     with torch.autocast(k.device.type, enabled=False):
         gam, rho, dec = coefficients(eta, log_alpha, log_beta if rule.momentum else None, C, rule.stopgrad, sd)
         y, w1, w2, s1, s2 = _Scan.apply(
-            k, v, q, gam, rho, dec, w[0], w[1], *(s if rule.momentum else (None, None)), C, rule.stopgrad)
+            k, v, q, gam, rho, dec, w[0], w[1], *(s if rule.momentum else (None, None)), C, rule.stopgrad,
+            torch.is_grad_enabled())
     return y, [w1, w2], ([s1, s2] if rule.momentum else None)

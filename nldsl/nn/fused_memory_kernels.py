@@ -49,7 +49,7 @@ def scan_fwd(
     v_base = V + b * s_vb + h * s_vh
     q_base = Q + b * s_qb + h * s_qh
     for c in range(NC):
-        t = c * C + rc
+        t = (c * C + rc).to(tl.int64)  # int64: t × the time stride can pass 2³¹
         if SAVE_STATES:
             sbase = SAVE + (pid * NC + c) * NSAVE * MAT
             tl.store(sbase + off_w1, w1)
@@ -123,7 +123,7 @@ def scan_bwd(
     q_base = Q + b * s_qb + h * s_qh
     for i in range(NC):
         c = NC - 1 - i
-        t = c * C + rc
+        t = (c * C + rc).to(tl.int64)  # int64: t × the time stride can pass 2³¹
         sbase = SAVE + (pid * NC + c) * NSAVE * MAT
         w1 = tl.load(sbase + off_w1)
         w2 = tl.load(sbase + MAT + off_w2)
@@ -168,10 +168,10 @@ def scan_bwd(
             dk -= tl.dot((delta * rho[:, None]).to(OPDT), (ds1).to(OPDT), input_precision=PREC)
         # back through the snapshot pass (the write side)
         if STOPGRAD:
-            dk = dk * 0.0
-            dv = dk
-            gw1 = w1 * 0.0
-            gw2 = w2 * 0.0
+            dk = tl.zeros((C, D), dtype=w1.dtype)
+            dv = tl.zeros((C, D), dtype=w1.dtype)
+            gw1 = tl.zeros((HID, D), dtype=w1.dtype)
+            gw2 = tl.zeros((D, HID), dtype=w1.dtype)
         else:
             dp = d_delta * dsk
             dhk = d_delta * p * (sk * (1.0 - sk) * (2.0 + hk * (1.0 - 2.0 * sk)))  # σ''(h)

@@ -34,6 +34,7 @@ RULES = {
     "momentum_no_decay": (MemoryRule(2, "silu", "l2", momentum=True, chunk_size=16), False),
     "plain_decay": (MemoryRule(2, "silu", "l2", momentum=False, chunk_size=16), True),
     "momentum_stopgrad": (MemoryRule(2, "silu", "l2", momentum=True, stopgrad=True, chunk_size=16), True),
+    "plain_stopgrad": (MemoryRule(2, "silu", "l2", momentum=False, stopgrad=True, chunk_size=16), True),
 }
 
 
@@ -119,6 +120,41 @@ def test_gradients_match_torch_path(name, pos, T, split):
             assert_rel_close(a, b, 1e-10, f"{name} {label}")
 
 
+@pytest.mark.parametrize("d,hidden,chunk", [(32, 16, 16), (16, 64, 32)])
+def test_other_widths_and_chunks_match_torch_path(d, hidden, chunk):
+    """Key width above the hidden width, a chunk wider than the key: the kernels index both right."""
+    rule = MemoryRule(2, "silu", "l2", momentum=True, chunk_size=chunk)
+    inputs = case(rule, True, T=2 * chunk + 5, d=d, hidden=hidden)
+    y, state, grads = run(rule, *inputs, "interpret", pos=3)
+    y_ref, ref, grads_ref = run(rule, *inputs, "off", pos=3)
+    assert_rel_close(y, y_ref, 1e-12, "reads")
+    for label, a, b in zip(LABELS, grads, grads_ref):
+        assert_rel_close(a, b, 1e-10, label)
+
+
+def test_no_chunk_states_are_kept_without_grad(monkeypatch):
+    """Under no_grad (evaluation, generation) the forward keeps no chunk-start states for a backward."""
+    seen = []
+    fwd, bwd = fused_memory._kernels()
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                seen.append(kw["SAVE_STATES"])
+                return fwd[grid](*args, **kw)
+            return launch
+
+    monkeypatch.setattr(fused_memory, "_kernels", lambda: (Spy(), bwd))
+    rule, decay = RULES["momentum_decay"]
+    w0, q, k, v, eta, la, lb = case(rule, decay, T=32)
+    w0 = [w.requires_grad_() for w in w0]
+    with fused_scan_mode("interpret"):
+        with torch.no_grad():
+            memory_scan(rule, init_memory_state(rule, w0, 2, F64), k, v, eta, la, lb, q)
+        memory_scan(rule, init_memory_state(rule, w0, 2, F64), k, v, eta, la, lb, q)
+    assert seen == [False, True]
+
+
 def test_fp32_kernel_within_fp32_bounds_of_float64():
     rule, decay = RULES["momentum_decay"]
     exact = run(rule, *case(rule, decay), "interpret")
@@ -156,6 +192,7 @@ def test_route_takes_only_rules_it_implements():
         for bad in (MemoryRule(1, "silu", "l2", chunk_size=16), MemoryRule(2, "gelu", "l2", chunk_size=16),
                     MemoryRule(2, "silu", "self", chunk_size=16), MemoryRule(2, "silu", "l2", dgd=True, chunk_size=16),
                     MemoryRule(2, "silu", "l2", chunk_size=8), MemoryRule(2, "silu", "l2", chunk_size=24),
+                    MemoryRule(2, "silu", "l2", chunk_size=128),
                     MemoryRule(2, "silu", "l2", chunk_size=16, normalized_rate=True),
                     MemoryRule(2, "silu", "l2", chunk_size=16, detached_heads=(True,))):
             assert not usable(bad, k, k, torch.float32), bad
