@@ -64,6 +64,13 @@ BLOCKS = {
     "neural_memory": lambda: NeuralMemory.Config(dim=D, n_heads=H, depth=2, chunk_size=8, lr=0.03, lr_mode="data",
                                                  retention=0.95, retention_mode="data", momentum=0.9,
                                                  momentum_mode="data", conv_size=4, qkv_activation="silu").build(),
+    # widths and chunk the fused Triton scan takes on CUDA (head width 16, hidden 16, chunk 16)
+    "neural_memory_fused": lambda: NeuralMemory.Config(dim=D, n_heads=H, depth=2, hidden_mult=1.0, chunk_size=16,
+                                                       lr=0.03, lr_mode="data", retention=0.95, retention_mode="data",
+                                                       momentum=0.9, momentum_mode="data", conv_size=4,
+                                                       qkv_activation="silu").build(),
+    "titans_fused": lambda: TitansBlock.Config(dim=D, n_heads=H, chunk_size=16, lr=0.01,
+                                               memory=dict(hidden_mult=1.0)).build(),
     "delta_rule_memory": lambda: NeuralMemory.Config(dim=D, n_heads=H, depth=1, chunk_size=1, dgd=True, lr=0.5,
                                                      lr_mode="data", retention=0.99, retention_mode="data").build(),
     "cms_l2": lambda: CMS.Config(dim=D, levels=_levels("l2")).build(),
