@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import flops  # noqa: E402
+import fused_scan  # noqa: E402
 import gpu_check  # noqa: E402
 import lm  # noqa: E402
 import throughput  # noqa: E402
@@ -74,6 +75,22 @@ def test_gpu_check_smoke_runs_every_case(tmp_path):
         if r["case"] != "HOPE LM train_segments":
             assert ("graphs" in r and r["err_compiled"] < 1e-6) or "compile skipped" in r["note"], r
     assert rows[0]["graphs"] == "1/0" and "compile skipped" in rows[-2]["note"]
+
+
+def test_fused_scan_smoke_compares_every_path(tmp_path, capsys):
+    """benchmarks/fused_scan.py at toy size: the torch paths, and the fused kernels where Triton's interpreter is
+    on (tests/conftest.py turns it on without CUDA), each row within rounding of the torch path."""
+    from nldsl.nn import fused_memory
+
+    assert fused_scan.main(["--smoke", "--warps", "4", "--dots", "tf32", "--reps", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "fused_scan.json").read_text())["rows"]
+    paths = [r["path"] for r in rows]
+    expected = ["torch eager", "torch, chunk compiled"]
+    if fused_memory.triton_available() and fused_memory.interpreter_on():
+        expected.append("fused")
+    assert paths == expected
+    assert all(r["err_y"] < 1e-5 and r["err_grad"] < 1e-4 and r["step_ms"] > 0 for r in rows)
+    assert "Titans memory scan, one layer" in capsys.readouterr().out
 
 
 def test_a_failing_row_is_reported_and_the_table_goes_on(monkeypatch, tmp_path):
