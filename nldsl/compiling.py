@@ -4,7 +4,7 @@
 fixed stack of static layers (Transformer++). A model with in-context memories loops over chunks in Python;
 one whole-model graph would unroll every chunk update of the sequence (T / C per memory and layer), take
 minutes to compile and recompile on every carried position. ``scope = chunk`` compiles instead each static
-sublayer (attention, SwiGLU, MLP, norms) and the chunk update of every memory
+sublayer (attention, SwiGLU, MLP with its pre-norm and residual add) and the chunk update of every memory
 (:func:`nldsl.nn.memory_ops.compiled_chunks`): small graphs with fixed shapes, compiled once. ``auto``
 picks chunk exactly when the model has such memories. ``nldsl train`` and the scripts of ``nldsl codegen``
 both go through :func:`compile_model`.
@@ -46,14 +46,15 @@ def compile_model(model: nn.Module, loss: Callable, options: dict, scope: str = 
     scope = resolve_scope(scope, model)
     if scope == "model":
         return torch.compile(model, **options), torch.compile(loss, **options), None, scope
-    for module in model.modules():
-        if isinstance(module, Sublayer) and not isinstance(module.fn, CHUNK_LOOP_MODULES):
-            module.fn.compile(**options)
-        elif isinstance(module, Sublayer) and module.norm is not None:
-            # a memory sublayer's pre-norm (the memory's own static maps compile in the chunk context). Static
-            # sublayers keep theirs eager: compiling those too cut GPU time but cost more in host time
-            # (docs/performance.md, change log)
-            module.norm.compile(**options)
+    for module in list(model.modules()):
+        if not isinstance(module, Sublayer):
+            continue
+        if not isinstance(module.fn, CHUNK_LOOP_MODULES):
+            # the whole static sublayer, pre-norm and residual add included, as one graph: one compiled call
+            # (compiling the norm on its own saved GPU time but cost more host time; docs/performance.md)
+            module.compile(**options)
+        elif module.norm is not None:
+            module.norm.compile(**options)  # a memory's pre-norm (its static maps compile in the chunk context)
     return model, loss, {k: v for k, v in options.items() if k != "dynamic"}, scope
 
 
