@@ -95,7 +95,13 @@ def usable(rule, k: Tensor, q: Tensor | None, state_dtype: torch.dtype, hidden: 
         raise RuntimeError("NLDSL_FUSED_SCAN=interpret needs Triton's interpreter: set TRITON_INTERPRET=1 "
                            "before Python starts (Triton reads it when it is imported)")
     return m == "interpret" or (k.is_cuda and k.dtype in (torch.bfloat16, torch.float16, torch.float32)
-                                and state_dtype == torch.float32)
+                                and state_dtype == torch.float32 and _modern_gpu(k.device))
+
+
+@functools.cache
+def _modern_gpu(device: torch.device) -> bool:
+    """Ampere or newer (bf16 tensor cores, >= 164 KB shared memory per SM): what the kernels are built for."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def interpreter_on() -> bool:
