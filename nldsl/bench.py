@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from nldsl.nn.fused_memory import scan_routes
 from nldsl.runs import RunError, load_spec, resolve_device, train_settings
 
 BASELINE_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "baseline.py"
@@ -42,6 +43,17 @@ class BenchResult:
     seq: int
     steps: int
     rows: list[BenchRow] = field(default_factory=list)
+    scans: dict[str, str] = field(default_factory=dict)
+    """How each in-context memory ran its chunks (``fused_memory.scan_routes``): the fused Triton scan, or the
+    torch chunk loop and why, so a slow row says which memory to change."""
+
+    def scan_lines(self) -> list[str]:
+        """``name: route`` per memory, memories with the same route folded into one line."""
+        by_route: dict[str, list[str]] = {}
+        for name, route in self.scans.items():
+            by_route.setdefault(route, []).append(name)
+        return [f"{names[0]}{f' (+{len(names) - 1} more)' if len(names) > 1 else ''}: {route}"
+                for route, names in by_route.items()]
 
     def table(self, title: str | None = None) -> Any:
         from rich.table import Table
@@ -152,6 +164,7 @@ def bench_file(file: str | Path, *, device: str | None = None, steps: int = 20, 
     sec, loss, peak = time_steps(compiled.train_step, batches, warmup=warmup, device=dev)
     params = sum(p.numel() for p in compiled.model.parameters())
     result = BenchResult(device_name(dev), s.batch, s.seq, steps)
+    result.scans = scan_routes(compiled.model, dev, compiled.autocast or next(compiled.model.parameters()).dtype)
     result.rows.append(BenchRow(f"{spec.model.name} (nldsl)", params, s.batch * s.seq / sec, 1000 * sec, peak, loss))
     if baseline:
         del compiled

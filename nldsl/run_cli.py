@@ -220,6 +220,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         overrides=args.set or (), compile=not args.no_compile, baseline=not args.no_baseline,
                         warmup=args.warmup)
     console.print(result.table())
+    if result.scans:
+        console.print("memory scans:")
+        for line in result.scan_lines():
+            console.print(f"  {line}", markup=False, highlight=False)
     return EXIT_OK
 
 

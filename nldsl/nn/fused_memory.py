@@ -24,7 +24,8 @@ from torch import Tensor
 
 from nldsl.nn.functional import chunk_decay_weights
 
-__all__ = ["MODES", "fused_scan_mode", "mode", "usable", "scan_full_chunks", "triton_available"]
+__all__ = ["MODES", "fused_scan_mode", "mode", "usable", "why_not", "scan_routes", "scan_full_chunks",
+           "triton_available"]
 
 MODES = ("auto", "off", "interpret")
 """``auto``: fused on CUDA where the rule fits; ``off``: always the torch path; ``interpret``: fused on any
@@ -80,22 +81,52 @@ def triton_available() -> bool:
     return True
 
 
+def why_not(rule, width: int, hidden: int, device: torch.device, dtype: torch.dtype,
+            state_dtype: torch.dtype = torch.float32) -> str | None:
+    """Why a memory with this rule and sizes would not take the fused route here (``None``: it would).
+    The reasons a researcher can act on come first (the rule, the widths), then the machine."""
+    reasons = [
+        (rule.depth != 2, f"memory depth {rule.depth} (the kernels implement depth 2)"),
+        (rule.activation != "silu", f"activation {rule.activation} (the kernels implement silu)"),
+        (rule.objective != "l2", f"objective {rule.objective} (the kernels implement l2)"),
+        (rule.dgd, "DGD (the kernels implement GD)"),
+        (rule.normalized_rate, "normalised rates"),
+        (any(rule.detached_heads), "per-head stop-grad"),
+        (rule.chunk_size not in _WIDTHS, f"chunk {rule.chunk_size} (16, 32 or 64)"),
+        (width not in _WIDTHS, f"head width {width} (16, 32 or 64)"),
+        (hidden not in _WIDTHS, f"hidden width {hidden} (16, 32 or 64)"),
+    ]
+    for bad, reason in reasons:
+        if bad:
+            return reason
+    m = mode()
+    if m == "off":
+        return "NLDSL_FUSED_SCAN=off"
+    if not triton_available():
+        return "Triton is not installed"
+    if m == "interpret":
+        return None
+    if device.type != "cuda":
+        return f"device {device.type} (the kernels run on CUDA)"
+    if not _modern_gpu(device):
+        return "GPU older than compute capability 8.0"
+    if dtype not in (torch.bfloat16, torch.float16, torch.float32) or state_dtype != torch.float32:
+        return f"precision {str(dtype).removeprefix('torch.')} (bf16, fp16 or fp32 activations, fp32 state)"
+    return None
+
+
 def usable(rule, k: Tensor, q: Tensor | None, state_dtype: torch.dtype, hidden: int | None = None) -> bool:
     """Whether :func:`scan_full_chunks` implements ``rule`` for these inputs (else the torch path runs).
     ``hidden``: the memory's hidden width (``W1``'s rows; default: the key width)."""
-    m = mode()
-    if m == "off" or q is None or q.shape != k.shape or torch.compiler.is_compiling():
+    if q is None or q.shape != k.shape or torch.compiler.is_compiling():
         return False
-    fits = (rule.depth == 2 and rule.activation == "silu" and rule.objective == "l2" and not rule.dgd
-            and not rule.normalized_rate and not any(rule.detached_heads) and rule.chunk_size in _WIDTHS
-            and k.shape[-1] in _WIDTHS and (k.shape[-1] if hidden is None else hidden) in _WIDTHS)
-    if not fits or not triton_available():
+    hidden = k.shape[-1] if hidden is None else hidden
+    if why_not(rule, k.shape[-1], hidden, k.device, k.dtype, state_dtype) is not None:
         return False
-    if m == "interpret" and not interpreter_on():
+    if mode() == "interpret" and not interpreter_on():
         raise RuntimeError("NLDSL_FUSED_SCAN=interpret needs Triton's interpreter: set TRITON_INTERPRET=1 "
                            "before Python starts (Triton reads it when it is imported)")
-    return m == "interpret" or (k.is_cuda and k.dtype in (torch.bfloat16, torch.float16, torch.float32)
-                                and state_dtype == torch.float32 and _modern_gpu(k.device))
+    return True
 
 
 @functools.cache
@@ -236,3 +267,22 @@ def scan_full_chunks(
             k, v, q, gam, rho, dec, w[0], w[1], *(s if rule.momentum else (None, None)), C, rule.stopgrad,
             torch.is_grad_enabled())
     return y, [w1, w2], ([s1, s2] if rule.momentum else None)
+
+
+def scan_routes(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> dict[str, str]:
+    """How every in-context memory of ``model`` runs its chunks on ``device`` at activation ``dtype``:
+    ``{module name: "fused Triton scan" | "torch chunk loop (<why>)" | ...}`` (``nldsl bench`` prints it)."""
+    from nldsl.nn.neural_memory import NeuralMemory
+    from nldsl.nn.self_modifying import SelfModifyingTitans
+
+    routes = {}
+    for name, module in model.named_modules():
+        if isinstance(module, NeuralMemory):
+            if module._delta_shaped():
+                routes[name] = "gated delta rule (fla on CUDA where it runs, else the torch chunkwise form)"
+                continue
+            reason = why_not(module.rule, module.config.d, module.config.hidden, device, dtype)
+            routes[name] = "fused Triton scan" if reason is None else f"torch chunk loop ({reason})"
+        elif isinstance(module, SelfModifyingTitans):
+            routes[name] = "torch chunk loop (self-modifying memories)"
+    return routes

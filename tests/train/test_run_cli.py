@@ -124,6 +124,38 @@ def test_bench_prints_both_models_with_the_device(capsys, tmp_path, monkeypatch)
     assert "small (nldsl)" in out and "Transformer++ (hand-written)" in out and "CPU" in out and "%" in out
 
 
+def test_bench_says_how_each_memory_runs_its_chunks(capsys, monkeypatch):
+    """Titans' memories: the fused scan needs CUDA, so on the CPU the bench names the torch loop and why."""
+    from .nl_runs import ROOT
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("NLDSL_FUSED_SCAN", raising=False)
+    small = ["D=48", "HEADS=3", "CHUNK=16", "model.layers=2", "model.vocab=256", "train.tokenizer=bytes"]
+    args = ["--set=" + kv for kv in small]
+    code, out, _ = run(capsys, "bench", str(ROOT / "examples" / "titans.nl"), "--device", "cpu", "--steps", "1",
+                       "--warmup", "0", "--no-compile", "--no-baseline", "--seq", "32", "--batch", "2", *args)
+    assert code == 0
+    assert "memory scans:" in out
+    assert "(+1 more): torch chunk loop (" in out
+    assert "device cpu (the kernels run on CUDA)" in out or "Triton is not installed" in out
+
+
+def test_scan_routes_name_the_reason_a_researcher_can_act_on():
+    from nldsl.nn import NeuralMemory
+    from nldsl.nn.fused_memory import fused_scan_mode, scan_routes
+
+    fits = NeuralMemory(dim=64, n_heads=4, depth=2, hidden_mult=1.0, chunk_size=16)
+    wide = NeuralMemory(dim=64, n_heads=4, depth=2, hidden_mult=3.0, chunk_size=16)
+    gelu = NeuralMemory(dim=64, n_heads=4, depth=2, hidden_mult=1.0, chunk_size=16, activation="gelu")
+    model = torch.nn.ModuleDict({"fits": fits, "wide": wide, "gelu": gelu})
+    routes = scan_routes(model, torch.device("cpu"), torch.float32)
+    assert routes["wide"] == "torch chunk loop (hidden width 48 (16, 32 or 64))"
+    assert routes["gelu"] == "torch chunk loop (activation gelu (the kernels implement silu))"
+    assert routes["fits"].startswith("torch chunk loop (")  # on the CPU
+    with fused_scan_mode("off"):
+        assert scan_routes(model, torch.device("cpu"), torch.float32)["fits"] == "torch chunk loop (NLDSL_FUSED_SCAN=off)"
+
+
 @pytest.mark.parametrize("argv", [["train", "x.nl"], ["eval", "x.nl", "--ckpt", "d"],
                                   ["generate", "x.nl", "--ckpt", "d", "--prompt", "p"],
                                   ["codegen", "x.nl", "-o", "x.py"], ["bench", "x.nl"]], ids=lambda argv: argv[0])
