@@ -13,9 +13,9 @@ and per-chunk decays ``(A, s0, Bn)`` (``functional.chunk_decay_weights``)::
     W2' = A W2 + s0 S2 − (γ e)ᵀ a      S2' = Bn S2 − (ρ e)ᵀ a
     W1' = A W1 + s0 S1 − (γ δ)ᵀ k      S1' = Bn S1 − (ρ δ)ᵀ k
 
-The functions here are plain Python; ``nldsl.nn.fused_memory`` wraps them with ``triton.jit`` (GPU) or
-Triton's interpreter (CPU tests), so one source serves both. Everything is inlined: helper functions
-would have to be JIT functions of one kind or the other.
+The functions here are plain Python; ``nldsl.nn.fused_memory`` wraps them with ``triton.jit`` on first use,
+which compiles them for the GPU, or runs them in Triton's CPU interpreter when ``TRITON_INTERPRET=1`` (the
+CPU tests). Loads of k, v, q, dy use int64 offsets (a time stride times T can pass 2³¹).
 """
 # ruff: noqa: N803, N806  (kernel arguments are pointers named like the maths)
 from __future__ import annotations
