@@ -11,6 +11,7 @@ path gives the same reads and gradients as the torch path (relative error) and p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -55,13 +56,23 @@ def step(rule, ws, qkv, rates, backward: bool):
     return y
 
 
+@contextlib.contextmanager
+def _launch_settings(warps: int | None, dots: str | None):
+    """The kernels' warp count and product precision for one path, restored afterwards."""
+    saved = fused_memory.NUM_WARPS, fused_memory.BF16_DOTS
+    fused_memory.NUM_WARPS = warps or fused_memory.NUM_WARPS
+    fused_memory.BF16_DOTS = dots != "tf32"
+    try:
+        yield
+    finally:
+        fused_memory.NUM_WARPS, fused_memory.BF16_DOTS = saved
+
+
 def run_path(rule, inputs, device, mode: str, warps: int | None, dots: str | None, compiled: bool, reps: int):
     ws, qkv, rates = inputs
     leaves = ws + qkv + rates
-    fused_memory.NUM_WARPS = warps or fused_memory.NUM_WARPS
-    fused_memory.BF16_DOTS = dots != "tf32"
-    ctx = compiled_chunks() if compiled else _null()
-    with fused_memory.fused_scan_mode(mode), ctx:
+    ctx = compiled_chunks() if compiled else contextlib.nullcontext()
+    with fused_memory.fused_scan_mode(mode), ctx, _launch_settings(warps, dots):
         for t in leaves:
             t.grad = None
         step(rule, ws, qkv, rates, True)  # warm-up (compiles)
@@ -77,14 +88,6 @@ def run_path(rule, inputs, device, mode: str, warps: int | None, dots: str | Non
             t.grad = None
         y = step(rule, ws, qkv, rates, True)
     return fwd, bu.median(full), peak, y.detach(), [t.grad.detach().clone() for t in leaves]
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def main(argv=None) -> int:

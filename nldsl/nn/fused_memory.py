@@ -140,13 +140,11 @@ def interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on")
 
 
-@functools.cache
 def _kernels():
-    """``(forward, backward)`` under ``triton.jit`` (the interpreter's when ``TRITON_INTERPRET=1``)."""
-    import triton
-
+    """``(forward, backward)`` JIT kernels (imported on first use: Triton is only needed on this route)."""
     from nldsl.nn import fused_memory_kernels as src
-    return triton.jit(src.scan_fwd), triton.jit(src.scan_bwd)
+
+    return src.scan_fwd, src.scan_bwd
 
 
 def _strides(*xs: Tensor) -> list[int]:

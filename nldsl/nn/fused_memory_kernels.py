@@ -13,16 +13,44 @@ and per-chunk decays ``(A, s0, Bn)`` (``functional.chunk_decay_weights``)::
     W2' = A W2 + s0 S2 − (γ e)ᵀ a      S2' = Bn S2 − (ρ e)ᵀ a
     W1' = A W1 + s0 S1 − (γ δ)ᵀ k      S1' = Bn S1 − (ρ δ)ᵀ k
 
-The functions here are plain Python; ``nldsl.nn.fused_memory`` wraps them with ``triton.jit`` on first use,
-which compiles them for the GPU, or runs them in Triton's CPU interpreter when ``TRITON_INTERPRET=1`` (the
-CPU tests). Loads of k, v, q, dy use int64 offsets (a time stride times T can pass 2³¹).
+``triton.jit`` compiles the kernels for the GPU, or runs them in Triton's CPU interpreter when
+``TRITON_INTERPRET=1`` was set before this module was imported (the CPU tests). The forward and the
+backward share the snapshot pass (:func:`snapshot_pass`), so the backward recomputes exactly what the
+forward wrote with. Loads of k, v, q, dy use int64 offsets (a time stride times T can pass 2³¹).
 """
 # ruff: noqa: N803, N806  (kernel arguments are pointers named like the maths)
 from __future__ import annotations
 
+import triton
 import triton.language as tl
 
 
+@triton.jit
+def _mm(a, b, OPDT: tl.constexpr, PREC: tl.constexpr):
+    """``a @ b`` on ``OPDT`` operands (bf16/fp16 under autocast, else the fp32/fp64 values) at ``PREC``."""
+    return tl.dot(a.to(OPDT), b.to(OPDT), input_precision=PREC)
+
+
+@triton.jit
+def _rows(base, t, stride_t, rd, dtype: tl.constexpr):
+    """The ``(C, D)`` tile of tokens ``t`` (int64) of one (sequence, head), in ``dtype``."""
+    return tl.load(base + t[:, None] * stride_t + rd[None, :]).to(dtype)
+
+
+@triton.jit
+def snapshot_pass(k, v, w1, w2, OPDT: tl.constexpr, PREC: tl.constexpr):
+    """The keys through the snapshot: ``h = k W1ᵀ``, ``s = sigmoid(h)``, ``a = σ(h) = h·s``, ``σ'(h)``,
+    ``e = a W2ᵀ + k − v`` and ``p = e W2`` (so ``δ = p ⊙ σ'(h)``)."""
+    hk = _mm(k, tl.trans(w1), OPDT, PREC)  # (C, HID)
+    sk = tl.sigmoid(hk)
+    ak = hk * sk
+    dsk = sk * (1.0 + hk * (1.0 - sk))
+    e = _mm(ak, tl.trans(w2), OPDT, PREC) + k - v  # (C, D)
+    p = _mm(e, w2, OPDT, PREC)  # (C, HID)
+    return hk, sk, ak, dsk, e, p
+
+
+@triton.jit
 def scan_fwd(
     K, V, Q, Y, GAM, RHO, DEC, W1, W2, S1, S2, W1_OUT, W2_OUT, S1_OUT, S2_OUT, SAVE,
     H,
@@ -57,33 +85,29 @@ def scan_fwd(
             if MOMENTUM:
                 tl.store(sbase + 2 * MAT + off_w1, s1)
                 tl.store(sbase + 3 * MAT + off_w2, s2)
-        k = tl.load(k_base + t[:, None] * s_kt + rd[None, :]).to(w1.dtype)  # (C, D)
-        v = tl.load(v_base + t[:, None] * s_vt + rd[None, :]).to(w1.dtype)
-        q = tl.load(q_base + t[:, None] * s_qt + rd[None, :]).to(w1.dtype)
+        k = _rows(k_base, t, s_kt, rd, w1.dtype)  # (C, D)
+        v = _rows(v_base, t, s_vt, rd, w1.dtype)
+        q = _rows(q_base, t, s_qt, rd, w1.dtype)
         gam = tl.load(GAM + pid * T + t)  # (C,)
         a_dec = tl.load(DEC + (pid * NC + c) * 3)
         # snapshot pass of the keys: reads, local errors
-        hk = tl.dot((k).to(OPDT), (tl.trans(w1)).to(OPDT), input_precision=PREC)  # (C, HID)
-        sk = tl.sigmoid(hk)
-        ak = hk * sk
-        dsk = sk * (1.0 + hk * (1.0 - sk))
-        e = tl.dot((ak).to(OPDT), (tl.trans(w2)).to(OPDT), input_precision=PREC) + k - v  # (C, D)
-        delta = tl.dot((e).to(OPDT), (w2).to(OPDT), input_precision=PREC) * dsk  # (C, HID)
+        hk, sk, ak, dsk, e, p = snapshot_pass(k, v, w1, w2, OPDT, PREC)
+        delta = p * dsk  # (C, HID)
         # read of the queries at the snapshot
-        hq = tl.dot((q).to(OPDT), (tl.trans(w1)).to(OPDT), input_precision=PREC)
-        yq = tl.dot((hq * tl.sigmoid(hq)).to(OPDT), (tl.trans(w2)).to(OPDT), input_precision=PREC) + q
+        hq = _mm(q, tl.trans(w1), OPDT, PREC)
+        yq = _mm(hq * tl.sigmoid(hq), tl.trans(w2), OPDT, PREC) + q
         tl.store(Y + pid * T * D + t[:, None] * D + rd[None, :], yq.to(Y.dtype.element_ty))
         # write: decay, momentum, the chunk's summed update
-        nw2 = a_dec * w2 - tl.dot((tl.trans(e * gam[:, None])).to(OPDT), (ak).to(OPDT), input_precision=PREC)  # (D, HID)
-        nw1 = a_dec * w1 - tl.dot((tl.trans(delta * gam[:, None])).to(OPDT), (k).to(OPDT), input_precision=PREC)  # (HID, D)
+        nw2 = a_dec * w2 - _mm(tl.trans(e * gam[:, None]), ak, OPDT, PREC)  # (D, HID)
+        nw1 = a_dec * w1 - _mm(tl.trans(delta * gam[:, None]), k, OPDT, PREC)  # (HID, D)
         if MOMENTUM:
             s0 = tl.load(DEC + (pid * NC + c) * 3 + 1)
             bn = tl.load(DEC + (pid * NC + c) * 3 + 2)
             rho = tl.load(RHO + pid * T + t)
             nw2 += s0 * s2
             nw1 += s0 * s1
-            s2 = bn * s2 - tl.dot((tl.trans(e * rho[:, None])).to(OPDT), (ak).to(OPDT), input_precision=PREC)
-            s1 = bn * s1 - tl.dot((tl.trans(delta * rho[:, None])).to(OPDT), (k).to(OPDT), input_precision=PREC)
+            s2 = bn * s2 - _mm(tl.trans(e * rho[:, None]), ak, OPDT, PREC)
+            s1 = bn * s1 - _mm(tl.trans(delta * rho[:, None]), k, OPDT, PREC)
         w1 = nw1
         w2 = nw2
     tl.store(W1_OUT + pid * MAT + off_w1, w1)
@@ -93,6 +117,7 @@ def scan_fwd(
         tl.store(S2_OUT + pid * MAT + off_w2, s2)
 
 
+@triton.jit
 def scan_bwd(
     K, V, Q, DY, GAM, RHO, DEC, SAVE, DW1, DW2, DS1, DS2, DK, DV, DQ, DGAM, DRHO, DDEC,
     H,
@@ -127,30 +152,25 @@ def scan_bwd(
         sbase = SAVE + (pid * NC + c) * NSAVE * MAT
         w1 = tl.load(sbase + off_w1)
         w2 = tl.load(sbase + MAT + off_w2)
-        k = tl.load(k_base + t[:, None] * s_kt + rd[None, :]).to(w1.dtype)
-        v = tl.load(v_base + t[:, None] * s_vt + rd[None, :]).to(w1.dtype)
-        q = tl.load(q_base + t[:, None] * s_qt + rd[None, :]).to(w1.dtype)
-        dy = tl.load(DY + pid * T * D + t[:, None] * D + rd[None, :]).to(w1.dtype)
+        k = _rows(k_base, t, s_kt, rd, w1.dtype)
+        v = _rows(v_base, t, s_vt, rd, w1.dtype)
+        q = _rows(q_base, t, s_qt, rd, w1.dtype)
+        dy = _rows(DY + pid * T * D, t, D, rd, w1.dtype)
         gam = tl.load(GAM + pid * T + t)
         a_dec = tl.load(DEC + (pid * NC + c) * 3)
         # recompute the snapshot pass
-        hk = tl.dot((k).to(OPDT), (tl.trans(w1)).to(OPDT), input_precision=PREC)
-        sk = tl.sigmoid(hk)
-        ak = hk * sk
-        dsk = sk * (1.0 + hk * (1.0 - sk))
-        e = tl.dot((ak).to(OPDT), (tl.trans(w2)).to(OPDT), input_precision=PREC) + k - v
-        p = tl.dot((e).to(OPDT), (w2).to(OPDT), input_precision=PREC)
+        hk, sk, ak, dsk, e, p = snapshot_pass(k, v, w1, w2, OPDT, PREC)
         delta = p * dsk
         # decay coefficients and γ
         tl.store(DDEC + (pid * NC + c) * 3, tl.sum(tl.sum(dw1 * w1, axis=1), axis=0)
                  + tl.sum(tl.sum(dw2 * w2, axis=1), axis=0))
-        u2 = tl.dot((ak).to(OPDT), (tl.trans(dw2)).to(OPDT), input_precision=PREC)  # (C, D): rows dW2 a_t
-        u1 = tl.dot((k).to(OPDT), (tl.trans(dw1)).to(OPDT), input_precision=PREC)  # (C, HID): rows dW1 k_t
+        u2 = _mm(ak, tl.trans(dw2), OPDT, PREC)  # (C, D): rows dW2 a_t
+        u1 = _mm(k, tl.trans(dw1), OPDT, PREC)  # (C, HID): rows dW1 k_t
         tl.store(DGAM + pid * T + t, -(tl.sum(e * u2, axis=1) + tl.sum(delta * u1, axis=1)))
         d_e = -gam[:, None] * u2
         d_delta = -gam[:, None] * u1
-        d_ak = -tl.dot((e * gam[:, None]).to(OPDT), (dw2).to(OPDT), input_precision=PREC)  # (C, HID)
-        dk = -tl.dot((delta * gam[:, None]).to(OPDT), (dw1).to(OPDT), input_precision=PREC)  # (C, D)
+        d_ak = -_mm(e * gam[:, None], dw2, OPDT, PREC)  # (C, HID)
+        dk = -_mm(delta * gam[:, None], dw1, OPDT, PREC)  # (C, D)
         if MOMENTUM:
             s1 = tl.load(sbase + 2 * MAT + off_w1)
             s2 = tl.load(sbase + 3 * MAT + off_w2)
@@ -159,13 +179,13 @@ def scan_bwd(
             tl.store(DDEC + (pid * NC + c) * 3 + 2, tl.sum(tl.sum(ds1 * s1, axis=1), axis=0)
                      + tl.sum(tl.sum(ds2 * s2, axis=1), axis=0))
             rho = tl.load(RHO + pid * T + t)
-            v2 = tl.dot((ak).to(OPDT), (tl.trans(ds2)).to(OPDT), input_precision=PREC)
-            v1 = tl.dot((k).to(OPDT), (tl.trans(ds1)).to(OPDT), input_precision=PREC)
+            v2 = _mm(ak, tl.trans(ds2), OPDT, PREC)
+            v1 = _mm(k, tl.trans(ds1), OPDT, PREC)
             tl.store(DRHO + pid * T + t, -(tl.sum(e * v2, axis=1) + tl.sum(delta * v1, axis=1)))
             d_e -= rho[:, None] * v2
             d_delta -= rho[:, None] * v1
-            d_ak -= tl.dot((e * rho[:, None]).to(OPDT), (ds2).to(OPDT), input_precision=PREC)
-            dk -= tl.dot((delta * rho[:, None]).to(OPDT), (ds1).to(OPDT), input_precision=PREC)
+            d_ak -= _mm(e * rho[:, None], ds2, OPDT, PREC)
+            dk -= _mm(delta * rho[:, None], ds1, OPDT, PREC)
         # back through the snapshot pass (the write side)
         if STOPGRAD:
             dk = tl.zeros((C, D), dtype=w1.dtype)
@@ -175,20 +195,20 @@ def scan_bwd(
         else:
             dp = d_delta * dsk
             dhk = d_delta * p * (sk * (1.0 - sk) * (2.0 + hk * (1.0 - 2.0 * sk)))  # σ''(h)
-            d_e += tl.dot((dp).to(OPDT), (tl.trans(w2)).to(OPDT), input_precision=PREC)
-            gw2 = tl.dot((tl.trans(e)).to(OPDT), (dp).to(OPDT), input_precision=PREC) + tl.dot((tl.trans(d_e)).to(OPDT), (ak).to(OPDT), input_precision=PREC)
+            d_e += _mm(dp, tl.trans(w2), OPDT, PREC)
+            gw2 = _mm(tl.trans(e), dp, OPDT, PREC) + _mm(tl.trans(d_e), ak, OPDT, PREC)
             dv = -d_e
-            d_ak += tl.dot((d_e).to(OPDT), (w2).to(OPDT), input_precision=PREC)
+            d_ak += _mm(d_e, w2, OPDT, PREC)
             dhk += d_ak * dsk
-            dk += d_e + tl.dot((dhk).to(OPDT), (w1).to(OPDT), input_precision=PREC)
-            gw1 = tl.dot((tl.trans(dhk)).to(OPDT), (k).to(OPDT), input_precision=PREC)
+            dk += d_e + _mm(dhk, w1, OPDT, PREC)
+            gw1 = _mm(tl.trans(dhk), k, OPDT, PREC)
         # back through the read
-        hq = tl.dot((q).to(OPDT), (tl.trans(w1)).to(OPDT), input_precision=PREC)
+        hq = _mm(q, tl.trans(w1), OPDT, PREC)
         sq = tl.sigmoid(hq)
-        gw2 += tl.dot((tl.trans(dy)).to(OPDT), (hq * sq).to(OPDT), input_precision=PREC)
-        dhq = tl.dot((dy).to(OPDT), (w2).to(OPDT), input_precision=PREC) * (sq * (1.0 + hq * (1.0 - sq)))
-        dq = dy + tl.dot((dhq).to(OPDT), (w1).to(OPDT), input_precision=PREC)
-        gw1 += tl.dot((tl.trans(dhq)).to(OPDT), (q).to(OPDT), input_precision=PREC)
+        gw2 += _mm(tl.trans(dy), hq * sq, OPDT, PREC)
+        dhq = _mm(dy, w2, OPDT, PREC) * (sq * (1.0 + hq * (1.0 - sq)))
+        dq = dy + _mm(dhq, w1, OPDT, PREC)
+        gw1 += _mm(tl.trans(dhq), q, OPDT, PREC)
         out = pid * T * D + t[:, None] * D + rd[None, :]
         tl.store(DK + out, dk)
         tl.store(DV + out, dv)

@@ -252,7 +252,7 @@ def _detach_heads(rule: MemoryRule, x: Tensor) -> Tensor:
     return torch.where(mask, x.detach(), x)
 
 
-_COMPILED_SEGMENTS: dict[tuple, object] = {}
+_COMPILED_SEGMENTS: dict = {}
 _ACTIVE_SEGMENT: list = []
 _ACTIVE_OPTIONS: list[dict] = []
 
@@ -266,12 +266,10 @@ def compiled_chunks(**options):
     the same shapes everywhere, compiles once (per rule and chunk length) and fuses its elementwise work.
     The chunk loop stays in Python. One compiled wrapper per option set, so dynamo's cache is kept.
     """
-    key = tuple(sorted(options.items()))
-    if key not in _COMPILED_SEGMENTS:
-        _raise_recompile_limit(64)
-        _COMPILED_SEGMENTS[key] = torch.compile(_memory_segment, **{"dynamic": False, **options})
-    _ACTIVE_SEGMENT.append(_COMPILED_SEGMENTS[key])
-    _ACTIVE_OPTIONS.append({"dynamic": False, **options})
+    options = {"dynamic": False, **options}
+    _raise_recompile_limit(64)
+    _ACTIVE_SEGMENT.append(compiled(_memory_segment, options, _COMPILED_SEGMENTS, "segment"))
+    _ACTIVE_OPTIONS.append(options)
     try:
         yield
     finally:
