@@ -8,7 +8,8 @@
 #   generate  decode tokens/s at batch 1 and 32 next to the baseline's KV-cache decoding
 #   compare   nldsl train on hope/titans/transformer.nl at one size (benchmarks/train_compare.py)
 #   fused     one Titans memory layer: the fused Triton scan vs the torch path (benchmarks/fused_scan.py)
-# Env: MODELS (comma list for train/long), TESTS_K (pytest -k filter for tests), STEPS, BUDGET, CHECK_ARGS.
+# Each stage's console is also kept in $OUT/<stage>.console (it comes back even when the call is cut short).
+# Env: TESTS_TIMEOUT (seconds for tests), MODELS (comma list for train/long/generate), GEN_BUDGET (seconds for generate), TESTS_K (pytest -k filter for tests), STEPS, BUDGET, CHECK_ARGS.
 # Usage (on the GPU machine, from the repository root):  OUT=/tmp/out bash benchmarks/gpu_session.sh check train
 # Python wheels the GPU image lacks (lark, pydantic, graphviz, fla) are installed from .whl/ when present.
 set -uo pipefail
@@ -25,21 +26,24 @@ export PYTHONUNBUFFERED=1
 status=0
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(check train)
-for stage in "${stages[@]}"; do
-  echo "=== stage $stage ($(date -u +%H:%M:%S))"
-  case $stage in
+run_stage() {
+  case $1 in
     check)    python3 benchmarks/gpu_check.py --no-tests ${CHECK_ARGS:-} --out "$OUT/check" ;;
-    tests)    python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu ${TESTS_K:+-k "$TESTS_K"} ;;
+    tests)    timeout "${TESTS_TIMEOUT:-900}" python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu ${TESTS_K:+-k "$TESTS_K"} ;;
     fused)    python3 benchmarks/fused_scan.py --out "$OUT/fused" ;;
     train)    python3 benchmarks/throughput.py ${MODELS:+--models "$MODELS"} --seqs 2048 --steps "$STEPS" --profile-max-ms 60000 \
                 --budget-s "${BUDGET:-330}" --out "$OUT/train" ;;
     long)     python3 benchmarks/throughput.py ${MODELS:+--models "$MODELS"} --seqs 16384 --steps "$STEPS" --profile-max-ms 60000 \
                 --budget-s "${BUDGET:-330}" --out "$OUT/long" ;;
-    generate) python3 benchmarks/throughput.py --generate --out "$OUT/generate" ;;
+    generate) python3 benchmarks/throughput.py --generate ${MODELS:+--models "$MODELS"} ${GEN_BUDGET:+--budget-s "$GEN_BUDGET"} --out "$OUT/generate" ;;
     compare)  timeout "${COMPARE_TIMEOUT:-900}" python3 benchmarks/train_compare.py ${COMPARE_ARGS:-} --steps "${COMPARE_STEPS:-200}" --seq "${COMPARE_SEQ:-512}" \
                 --batch "${COMPARE_BATCH:-8}" --quiet --json "$OUT/compare.json" --out /tmp/nldsl-compare ;;
-    *) echo "unknown stage: $stage (check, tests, fused, train, long, generate, compare)"; status=2 ;;
+    *) echo "unknown stage: $1 (check, tests, fused, train, long, generate, compare)"; return 2 ;;
   esac
-  rc=$?; [ $rc -ne 0 ] && { echo "stage $stage exited with $rc"; status=$rc; }
+}
+for stage in "${stages[@]}"; do
+  echo "=== stage $stage ($(date -u +%H:%M:%S))"
+  run_stage "$stage" 2>&1 | tee "$OUT/$stage.console"  # the console of each stage comes back even if the call is cut
+  rc=${PIPESTATUS[0]}; [ $rc -ne 0 ] && { echo "stage $stage exited with $rc"; status=$rc; }
 done
 exit $status

@@ -118,7 +118,7 @@ def why_not(rule, width: int, hidden: int, device: torch.device, dtype: torch.dt
 def usable(rule, k: Tensor, q: Tensor | None, state_dtype: torch.dtype, hidden: int | None = None) -> bool:
     """Whether :func:`scan_full_chunks` implements ``rule`` for these inputs (else the torch path runs).
     ``hidden``: the memory's hidden width (``W1``'s rows; default: the key width)."""
-    if q is None or q.shape != k.shape or torch.compiler.is_compiling():
+    if q is None or q.shape != k.shape:
         return False
     hidden = k.shape[-1] if hidden is None else hidden
     if why_not(rule, k.shape[-1], hidden, k.device, k.dtype, state_dtype) is not None:
@@ -166,58 +166,155 @@ def _precision(x: Tensor) -> dict:
     return {"PREC": "ieee", "OPDT": tl.float64 if x.dtype == torch.float64 else tl.float32}
 
 
-class _Scan(torch.autograd.Function):
-    """``(k, v, q, γ, ρ, decays, W1, W2, S1, S2) -> (y, W1', W2', S1', S2')`` over full chunks."""
+def _dense(shape, like: Tensor) -> Tensor:
+    """An uninitialised contiguous tensor (``empty_like`` would copy a transposed or expanded layout, and the
+    fake versions of the ops must promise exactly the real outputs' strides)."""
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
+def _scan_forward(k: Tensor, v: Tensor, q: Tensor, gam: Tensor, rho: Tensor | None, dec: Tensor, w1: Tensor,
+                  w2: Tensor, s1: Tensor | None, s2: Tensor | None, chunk: int, stopgrad: bool,
+                  save_states: bool) -> tuple[Tensor, ...]:
+    """``(y, W1', W2', S1', S2', saved chunk-start states)`` over full chunks (``S'``: empty without momentum;
+    the saved states: one element unless ``save_states``). ``stopgrad`` is only read by the backward."""
+    B, H, T, D = k.shape
+    HID, NC, sd = w1.shape[-2], T // chunk, w1.dtype
+    momentum = s1 is not None
+    k, v, q = (x if x.stride(-1) == 1 else x.contiguous() for x in (k, v, q))
+    gam, rho, dec = (None if x is None else x.contiguous() for x in (gam, rho, dec))  # indexed as dense
+    state = [x.contiguous() for x in ((w1, w2, s1, s2) if momentum else (w1, w2))]
+    outs = [_dense(x.shape, x) for x in state]
+    nsave = 4 if momentum else 2
+    save = k.new_empty((B * H * NC * nsave * HID * D) if save_states else 1, dtype=sd)
+    y = torch.empty(B, H, T, D, dtype=k.dtype, device=k.device)
+    dummy = gam.new_empty(1)  # stands in for the momentum pointers without momentum (never touched)
+    fwd, _ = _kernels()
+    fwd[(B * H,)](
+        k, v, q, y, gam, rho if momentum else dummy, dec, *state[:2],
+        *(state[2:] if momentum else (dummy, dummy)), *outs[:2], *(outs[2:] if momentum else (dummy, dummy)),
+        save, H, *_strides(k, v, q),
+        NC=NC, C=chunk, D=D, HID=HID, MOMENTUM=momentum, SAVE_STATES=save_states, **_precision(k), NSAVE=nsave,
+        **_launch(k),
+    )
+    none = w1.new_empty(0)
+    return (y, *outs, save) if momentum else (y, *outs, none, none.clone(), save)
+
+
+def _scan_backward(k: Tensor, v: Tensor, q: Tensor, dy: Tensor, gam: Tensor, rho: Tensor | None, dec: Tensor,
+                   save: Tensor, dw1: Tensor, dw2: Tensor, ds1: Tensor | None, ds2: Tensor | None, chunk: int,
+                   stopgrad: bool) -> tuple[Tensor, ...]:
+    """``(dk, dv, dq, dγ, dρ, d decays, dW1, dW2, dS1, dS2)`` (dk, dv, dq in the state's dtype; dρ, dS: empty
+    without momentum): the reverse walk over the chunks from the saved chunk-start states."""
+    B, H, T, D = k.shape
+    momentum = rho is not None
+    HID, NC, sd = dw1.shape[-2], T // chunk, gam.dtype
+    gam, rho, dec, save = (None if x is None else x.contiguous() for x in (gam, rho, dec, save))
+    adj = [x.to(sd).contiguous().clone() for x in ((dw1, dw2, ds1, ds2) if momentum else (dw1, dw2))]
+    dk, dv, dq = (torch.empty(B, H, T, D, dtype=sd, device=k.device) for _ in range(3))
+    dgam = _dense(gam.shape, gam)
+    spare = gam.new_empty(1)  # the momentum pointers without momentum (never touched)
+    drho = _dense(gam.shape, gam) if momentum else spare
+    ddec = torch.zeros(dec.shape, dtype=dec.dtype, device=dec.device)
+    _, bwd = _kernels()
+    bwd[(B * H,)](
+        k, v, q, dy.contiguous(), gam, rho if momentum else spare, dec, save,
+        *adj[:2], *(adj[2:] if momentum else (spare, spare)), dk, dv, dq, dgam, drho, ddec,
+        H, *_strides(k, v, q),
+        NC=NC, C=chunk, D=D, HID=HID, MOMENTUM=momentum, STOPGRAD=stopgrad, **_precision(k),
+        NSAVE=4 if momentum else 2, **_launch(k),
+    )
+    none = gam.new_empty(0)
+    if not momentum:
+        drho, adj = none, adj + [none.clone(), none.clone()]
+    return (dk, dv, dq, dgam, drho, ddec, *adj)
+
+
+_FWD_SCHEMA = ("(Tensor k, Tensor v, Tensor q, Tensor gam, Tensor? rho, Tensor dec, Tensor w1, Tensor w2, Tensor? s1, "
+               "Tensor? s2, int chunk, bool stopgrad, bool save_states) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+_BWD_SCHEMA = ("(Tensor k, Tensor v, Tensor q, Tensor dy, Tensor gam, Tensor? rho, Tensor dec, Tensor save, Tensor dw1, "
+               "Tensor dw2, Tensor? ds1, Tensor? ds2, int chunk, bool stopgrad) -> "
+               "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+# Registered as torch custom ops (not an autograd.Function) so that torch.compile traces a whole memory layer,
+# or a whole model, with the scan inside one graph: the ops are opaque to Dynamo and Inductor, and their
+# fake versions below give the output shapes.
+scan_op = torch.library.custom_op("nldsl::fused_memory_scan", _scan_forward, mutates_args=(), schema=_FWD_SCHEMA)
+scan_backward_op = torch.library.custom_op("nldsl::fused_memory_scan_backward", _scan_backward, mutates_args=(),
+                                           schema=_BWD_SCHEMA)
+
+
+@scan_op.register_fake
+def _(k, v, q, gam, rho, dec, w1, w2, s1, s2, chunk, stopgrad, save_states):
+    B, H, T, D = k.shape
+    nsave = 2 if s1 is None else 4
+    save = k.new_empty((B * H * (T // chunk) * nsave * w1.shape[-2] * D) if save_states else 1, dtype=w1.dtype)
+    outs = [_dense(x.shape, x) for x in (w1, w2)]
+    outs += [w1.new_empty(0), w1.new_empty(0)] if s1 is None else [_dense(x.shape, x) for x in (s1, s2)]
+    return (torch.empty(B, H, T, D, dtype=k.dtype, device=k.device), *outs, save)
+
+
+@scan_backward_op.register_fake
+def _(k, v, q, dy, gam, rho, dec, save, dw1, dw2, ds1, ds2, chunk, stopgrad):
+    B, H, T, D = k.shape
+    sd = gam.dtype
+    dk, dv, dq = (torch.empty(B, H, T, D, dtype=sd, device=k.device) for _ in range(3))
+    adj = [torch.empty(x.shape, dtype=sd, device=x.device) for x in (dw1, dw2)]
+    if rho is None:
+        return (dk, dv, dq, _dense(gam.shape, gam), gam.new_empty(0), _dense(dec.shape, dec), *adj,
+                gam.new_empty(0), gam.new_empty(0))
+    adj += [torch.empty(x.shape, dtype=sd, device=x.device) for x in (ds1, ds2)]
+    return (dk, dv, dq, _dense(gam.shape, gam), _dense(gam.shape, gam), _dense(dec.shape, dec), *adj)
+
+
+def _setup_context(ctx, inputs, output):
+    k, v, q, gam, rho, dec, w1, w2, s1, s2, chunk, stopgrad, save_states = inputs
+    ctx.save_for_backward(k, v, q, gam, rho, dec, output[5])
+    ctx.meta = (chunk, stopgrad, save_states, (w1.shape, w2.shape), s1 is not None)
+    ctx.mark_non_differentiable(output[5])
+    ctx.set_materialize_grads(False)  # no (B·H·NC·4·HID·D) zero gradient for the saved states
+
+
+class _OnceDifferentiable(torch.autograd.Function):
+    """Identity whose backward refuses: the gradients of the scan are not themselves differentiable."""
 
     @staticmethod
-    def forward(ctx, k, v, q, gam, rho, dec, w1, w2, s1, s2, chunk: int, stopgrad: bool, grad_enabled: bool):
-        B, H, T, D = k.shape
-        HID, NC, sd = w1.shape[-2], T // chunk, w1.dtype
-        momentum = s1 is not None
-        k, v, q = (x if x.stride(-1) == 1 else x.contiguous() for x in (k, v, q))
-        state = [x.contiguous() for x in ((w1, w2, s1, s2) if momentum else (w1, w2))]
-        outs = [torch.empty_like(x) for x in state]
-        nsave = 4 if momentum else 2
-        save_states = grad_enabled and any(ctx.needs_input_grad)  # (grad mode is off in here: asked before)
-        save = k.new_empty((B * H * NC * nsave * HID * D) if save_states else 1, dtype=sd)
-        y = torch.empty(B, H, T, D, dtype=k.dtype, device=k.device)
-        dummy = gam.new_empty(1)  # stands in for the momentum pointers without momentum (never touched)
-        fwd, _ = _kernels()
-        fwd[(B * H,)](
-            k, v, q, y, gam, rho if momentum else dummy, dec, *state[:2],
-            *(state[2:] if momentum else (dummy, dummy)), *outs[:2], *(outs[2:] if momentum else (dummy, dummy)),
-            save, H, *_strides(k, v, q),
-            NC=NC, C=chunk, D=D, HID=HID, MOMENTUM=momentum, SAVE_STATES=save_states, **_precision(k), NSAVE=nsave,
-            **_launch(k),
-        )
-        ctx.save_for_backward(k, v, q, gam, rho if momentum else None, dec, save)
-        ctx.meta = (chunk, stopgrad, momentum, HID)
-        return (y, *outs) if momentum else (y, *outs, None, None)
+    def forward(ctx, anchor, *xs):
+        return tuple(x.view_as(x) for x in xs)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, dw1, dw2, ds1, ds2):
-        k, v, q, gam, rho, dec, save = ctx.saved_tensors
-        chunk, stopgrad, momentum, HID = ctx.meta
-        B, H, T, D = k.shape
-        NC, sd = T // chunk, gam.dtype
-        adj = [x.to(sd).contiguous().clone() for x in ((dw1, dw2, ds1, ds2) if momentum else (dw1, dw2))]
-        dk, dv, dq = (torch.empty(B, H, T, D, dtype=sd, device=k.device) for _ in range(3))
-        dgam = torch.empty_like(gam)
-        spare = gam.new_empty(1)  # the momentum pointers without momentum (never touched)
-        drho = torch.empty_like(gam) if momentum else spare
-        ddec = torch.zeros_like(dec)
-        _, bwd = _kernels()
-        bwd[(B * H,)](
-            k, v, q, dy.contiguous(), gam, rho if momentum else spare, dec, save,
-            *adj[:2], *(adj[2:] if momentum else (spare, spare)), dk, dv, dq, dgam, drho, ddec,
-            H, *_strides(k, v, q),
-            NC=NC, C=chunk, D=D, HID=HID, MOMENTUM=momentum, STOPGRAD=stopgrad, **_precision(k),
-            NSAVE=4 if momentum else 2, **_launch(k),
-        )
-        grads_state = adj if momentum else adj + [None, None]
-        return (dk.to(k.dtype), dv.to(v.dtype), dq.to(q.dtype), dgam, drho if momentum else None, ddec,
-                *grads_state, None, None, None)
+    def backward(ctx, *gs):
+        raise RuntimeError("the fused memory scan is once_differentiable: double backward (create_graph=True) is "
+                           "not supported; run the torch path with NLDSL_FUSED_SCAN=off")
+
+
+def _scan_grads(ctx, *grads):
+    if not torch.is_grad_enabled():
+        return _scan_grads_of(ctx, *grads)
+    with torch.no_grad():  # create_graph=True: the gradients come back, differentiating them raises
+        out = _scan_grads_of(ctx, *grads)
+    anchors = [g for g in grads if g is not None and g.requires_grad]
+    if not anchors:  # nothing upstream asks for a graph
+        return out
+    present = [g for g in out if g is not None]
+    marked = iter(_OnceDifferentiable.apply(anchors[0], *present))
+    return tuple(None if g is None else next(marked) for g in out)
+
+
+def _scan_grads_of(ctx, dy, dw1, dw2, ds1, ds2, _dsave):
+    k, v, q, gam, rho, dec, save = ctx.saved_tensors
+    chunk, stopgrad, save_states, shapes, momentum = ctx.meta
+    if not save_states:
+        raise RuntimeError("the fused memory scan saved no chunk states: its inputs did not require grad")
+    fill = lambda g, shape: torch.zeros(shape, dtype=gam.dtype, device=k.device) if g is None else g  # noqa: E731
+    adjoints = [fill(g, shape) for g, shape in zip((dw1, dw2, ds1, ds2), shapes * 2)][:4 if momentum else 2]
+    dk, dv, dq, dgam, drho, ddec, *adj = scan_backward_op(
+        k, v, q, torch.zeros_like(k) if dy is None else dy, gam, rho, dec, save,
+        *adjoints, *([] if momentum else [None, None]), chunk, stopgrad)
+    return (dk.to(k.dtype), dv.to(v.dtype), dq.to(q.dtype), dgam, drho if momentum else None, ddec,
+            *(adj if momentum else adj[:2] + [None, None]), None, None, None)
+
+
+scan_op.register_autograd(_scan_grads, setup_context=_setup_context)
 
 
 def write_coefficients(eta: Tensor, log_alpha: Tensor | None, log_beta: Tensor | None, chunk: int,
@@ -261,9 +358,9 @@ def scan_full_chunks(
     coefficients = compiled(write_coefficients, compile_options, _COMPILED, "write_coefficients")
     with torch.autocast(k.device.type, enabled=False):
         gam, rho, dec = coefficients(eta, log_alpha, log_beta if rule.momentum else None, C, rule.stopgrad, sd)
-        y, w1, w2, s1, s2 = _Scan.apply(
-            k, v, q, gam, rho, dec, w[0], w[1], *(s if rule.momentum else (None, None)), C, rule.stopgrad,
-            torch.is_grad_enabled())
+        inputs = (k, v, q, gam, rho, dec, w[0], w[1], *(s if rule.momentum else (None, None)))
+        save_states = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
+        y, w1, w2, s1, s2, _ = scan_op(*inputs, C, rule.stopgrad, save_states)
     return y, [w1, w2], ([s1, s2] if rule.momentum else None)
 
 

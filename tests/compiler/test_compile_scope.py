@@ -75,3 +75,41 @@ def test_chunk_scope_compiles_the_loss_and_eager_keeps_it_plain():
     assert compiled.compile_scope == "chunk" and compiled._cross_entropy is not logits_loss
     plain = _small("titans")
     assert plain.compile_scope is None and plain._cross_entropy is logits_loss
+
+
+FUSED_TITANS = {"D": 96, "HEADS": 6, "CHUNK": 16}
+"""titans.nl at sizes the fused scan takes (head and hidden width 16, chunk 16)."""
+
+
+def test_auto_scope_is_model_when_every_memory_runs_fused():
+    """With the fused scan (here Triton's interpreter), nothing loops over chunks in Python: the whole model
+    is one graph; with the route off, or at a chunk the kernels lack, the chunk scope stays."""
+    from nldsl.compiling import fused_memories
+    from nldsl.nn.fused_memory import fused_scan_mode
+
+    with fused_scan_mode("interpret"):
+        assert fused_memories(_small("titans", **FUSED_TITANS).model)
+        assert resolve_scope("auto", _small("titans", **FUSED_TITANS).model) == "model"
+        assert resolve_scope("auto", _small("titans").model) == "chunk"  # chunk 8: torch path
+        assert resolve_scope("auto", _small("hope_attention").model) == "chunk"  # CMS loops
+    with fused_scan_mode("off"):
+        assert resolve_scope("auto", _small("titans", **FUSED_TITANS).model) == "chunk"
+
+
+def test_fused_titans_traces_as_one_graph_and_matches_eager():
+    """The scan is a custom op Dynamo keeps whole: forward and loss trace without a graph break, and the
+    traced step (Dynamo's eager backend: the wiring, not Inductor, on CPU) gives the eager losses."""
+    from nldsl.nn.fused_memory import fused_scan_mode
+
+    batch = torch.randint(0, 256, (2, 65))
+    with fused_scan_mode("interpret"):
+        c = _small("titans", **FUSED_TITANS)
+        x, y = c._split(batch)
+        explained = torch._dynamo.explain(c._forward_loss)(x, y)
+        assert explained.graph_break_count == 0 and explained.graph_count == 1
+        ref = _small("titans", **FUSED_TITANS).train_step(batch)["loss"]
+        c = _small("titans", **FUSED_TITANS)
+        forward, loss, chunk_options, scope = compile_model(c.model, c._forward_loss, {"backend": "eager"}, "auto")
+        assert scope == "model" and chunk_options is None
+        c._loss = loss
+        assert c.train_step(batch)["loss"] == pytest.approx(ref, rel=1e-6)

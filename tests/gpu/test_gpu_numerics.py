@@ -404,3 +404,27 @@ def test_fused_scan_equals_torch_path_on_gpu():
     labels = ["reads", "dW1", "dW2", "dq", "dk", "dv", "deta", "dlog_alpha", "dlog_beta"]
     for label, a, b in zip(labels, results["auto"], results["off"]):
         assert_rel_close(a, b, 1e-4, label)
+
+
+def test_titans_compiles_whole_with_the_fused_scan():
+    """titans.nl on the GPU: every memory runs fused, so scope auto compiles the whole model (Inductor, the
+    scan an opaque op in the graph); two training steps give the eager build's losses (fp32)."""
+    import warnings
+    from pathlib import Path
+
+    from nldsl.build import build
+
+    spec = Path(__file__).resolve().parents[2] / "examples" / "titans.nl"
+    sizes = {"D": 96, "HEADS": 6, "CHUNK": 16, "model.layers": 2, "model.vocab": 256, "train.tokenizer": "bytes",
+             "train.precision": "fp32"}
+    batch = torch.randint(0, 256, (2, 129), device="cuda")
+    losses = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c = build(spec, device="cuda", compile=compiled, overrides=sizes)
+        if compiled:
+            assert c.compile_scope == "model"
+        losses[compiled] = [c.train_step(batch)["loss"] for _ in range(2)]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
