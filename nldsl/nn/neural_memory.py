@@ -291,6 +291,8 @@ class NeuralMemory(nn.Module):
     def _static(self, name: str, options: dict | None):
         """The method ``name``, compiled with ``options`` inside a chunk-compile block (scope chunk): the
         projections, rates and read-out are static maps, so they fuse like any static sublayer."""
+        if options is None:  # eager, or traced whole by an outer compile: no cache to touch (Dynamo breaks on it)
+            return getattr(self, name)
         cache = self.__dict__.setdefault("_compiled_static", {})
         return compiled(getattr(self, name), options, cache, name)
 
