@@ -39,7 +39,7 @@ def resolve_scope(scope: str, model: nn.Module) -> str:
         raise ValueError(f"compile scope must be auto, model or chunk, not {scope!r}")
     if scope != "auto":
         return scope
-    loops = [m for m in model.modules() if isinstance(m, CHUNK_LOOP_MODULES)]
+    loops = any(isinstance(m, CHUNK_LOOP_MODULES) for m in model.modules())
     return "chunk" if loops and not fused_memories(model) else "model"
 
 
