@@ -19,6 +19,7 @@ from ``benchmarks/lm.py`` (the runtime blocks assembled by hand, as examples/*.n
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -62,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", default="auto",
                    help="mode for every model (auto, eager, model, block, chunk) or name=mode items: titans=eager")
     p.add_argument("--backend", default="inductor", help="torch.compile backend")
+    p.add_argument("--torch-mode", choices=("default", "reduce-overhead", "max-autotune"), default=None,
+                   help="torch.compile mode of the nldsl.build models (train.compile = compile(mode = ...)); "
+                        "default: each spec's own")
     p.add_argument("--source", choices=("auto", "lm", "build"), default="auto",
                    help="nldsl.build when importable (auto), always lm.py, or always nldsl.build")
     p.add_argument("--budget-s", type=float, default=None,
@@ -122,6 +126,8 @@ def build_compiled(name: str, mode: str, args, device, seq: int, batch: int):
     from nldsl.build import build
 
     overrides = {"train.seq": seq, "train.batch": batch}
+    if args.torch_mode is not None:
+        overrides["train.compile"] = f"compile(mode = {json.dumps(args.torch_mode)})"
     compiled = build(lm.EXAMPLES[name], device=str(device), compile=mode in ("model", "chunk"), overrides=overrides)
     if mode == "block":
         lm.compile_in_place(compiled.model, mode, args.backend)
@@ -139,7 +145,7 @@ def make_model(name: str, size: lm.Size, args, device, seq: int, batch: int):
             def step(tokens):
                 return compiled.train_step(tokens)["loss"]
 
-            return compiled.model, step, mode, "nldsl.build"
+            return compiled.model, step, _scope_label(compiled, mode), "nldsl.build"
         except Exception as exc:  # noqa: BLE001 - reported, then the hand assembly is measured
             if args.source == "build":
                 raise
@@ -149,6 +155,15 @@ def make_model(name: str, size: lm.Size, args, device, seq: int, batch: int):
     return model, step, mode, source
 
 
+def _scope_label(compiled, mode: str) -> str:
+    """What the build compiled: its resolved scope (``model`` / ``chunk``) and a torch mode other than the
+    default (``model+reduce-overhead``); ``block`` and ``eager`` as asked."""
+    if compiled.compile_scope is None:
+        return mode
+    torch_mode = compiled.plan.train.compile.mode
+    return compiled.compile_scope + ("" if torch_mode == "default" else f"+{torch_mode}")
+
+
 # ------------------------------------------------------------------------------------- training
 def warm_seq(name: str, mode: str, size: lm.Size, seq: int) -> int:
     """Warm-up length: only eager steps may warm up short; every compiled mode has graphs whose shapes
@@ -156,6 +171,10 @@ def warm_seq(name: str, mode: str, size: lm.Size, seq: int) -> int:
     if mode != "eager":
         return seq
     return min(seq, 2 * max(size.cms_periods[0], size.titans_chunk, size.hope_chunk))
+
+
+CHEAP_STEP_MS, MIN_TIMED_STEPS = 2000.0, 5
+"""Rows whose step is under CHEAP_STEP_MS always get MIN_TIMED_STEPS timed steps, past their budget share."""
 
 
 def train_row(name: str, seq: int, batch: int, size: lm.Size, args, device, share_s: float, ceiling: dict) -> dict:
@@ -172,6 +191,8 @@ def train_row(name: str, seq: int, batch: int, size: lm.Size, args, device, shar
     first = bu.time_ms(lambda: losses.append(step(tokens)), device)[0]
     left = share_s - (time.perf_counter() - t_start)
     more = max(0, min(args.steps - 1, int(left * 1e3 / max(first, 1e-3))))
+    if first < CHEAP_STEP_MS:  # a long compile must not leave a fast model one timed step: a median needs a few
+        more = max(more, min(args.steps - 1, MIN_TIMED_STEPS - 1))
     times = bu.time_ms(lambda: losses.append(step(tokens)), device, more)
     row["step_ms"] = bu.median(times) if len(times) >= 2 else first
     row["steps"] = len(times) if len(times) >= 2 else 1

@@ -16,7 +16,6 @@ carries the outer loop of NL §1.3:
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 from typing import Any
 
@@ -132,14 +131,14 @@ class Compiled:
                 if p.grad is not None:
                     p.grad.div_(len(parts))
         lr = self.lr
-        loss = float(torch.stack(losses).mean())
-        if not math.isfinite(loss):  # no update from a NaN/inf loss: the caller stops with the last good state;
-            # the gradients stay, so the diagnosis can name the first non-finite one (zero them to go on)
-            return {"loss": loss, "grad_norm": float("nan"), "lr": lr, "step": self.step, "tokens": int(y.numel()),
-                    "level_steps": 0}
-        info = self._outer.step(self.step)
+        # one device sync per step: the loss and the gradient norm are read together; a non-finite loss makes
+        # no update, and its gradients stay so the caller's diagnosis can name the first non-finite one
+        info = self._outer.step(self.step, torch.stack(losses).mean())
+        if info["skipped"]:
+            return {"loss": info["loss"], "grad_norm": float("nan"), "lr": lr, "step": self.step,
+                    "tokens": int(y.numel()), "level_steps": 0}
         self.step += 1
-        return {"loss": loss, "grad_norm": info["grad_norm"], "lr": lr, "step": self.step,
+        return {"loss": info["loss"], "grad_norm": info["grad_norm"], "lr": lr, "step": self.step,
                 "tokens": int(y.numel()), "level_steps": info["level_steps"]}
 
     def _backward(self, x: Tensor, y: Tensor) -> Tensor:

@@ -67,9 +67,9 @@ def train_step(model, forward, loss_fn, outer: OuterLoop, batch: torch.Tensor, s
         for p in outer.trainable:
             if p.grad is not None:
                 p.grad.div_(len(parts))
-    __comment__("clip, fold `every N steps` levels into their accumulators, step optimizers and schedules")
-    outer.step(step)
-    return float(torch.stack(losses).mean())
+    __comment__("clip, fold `every N steps` levels into their accumulators, step optimizers and schedules;")
+    __comment__("the loss and the gradient norm are read in one device sync, and a non-finite loss updates nothing")
+    return outer.step(step, torch.stack(losses).mean())["loss"]
 
 
 def eval_loss(model, forward, loss_fn, batch: torch.Tensor) -> float:

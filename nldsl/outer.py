@@ -118,15 +118,24 @@ class OuterLoop:
         self.periodic = [g for o in optimizers for g in o.param_groups if g.get("nl_every", 1) > 1]
         self.trainable = [p for o in optimizers for g in o.param_groups for p in g["params"]]
 
-    def step(self, step: int) -> dict:
-        """Outer step ``step`` (0-based): returns the gradient norm and which periodic groups stepped."""
+    def step(self, step: int, loss: Tensor | None = None) -> dict:
+        """Outer step ``step`` (0-based): returns the gradient norm and which periodic groups stepped.
+
+        ``loss`` (the step's loss, still on the device) is read in the same device sync as the gradient norm,
+        so a step waits on the GPU once; a non-finite ``loss`` makes no update (``skipped``) and keeps the
+        gradients for the diagnosis."""
         grads = [p for p in self.trainable if p.grad is not None]
-        norm = _clip(grads, self.grad_clip)
+        total = _total_norm(grads)
+        loss_value, norm = _read_together(loss, total)
+        if not math.isfinite(loss_value):
+            return {"loss": loss_value, "grad_norm": float("nan"), "level_steps": 0, "skipped": True}
         if not math.isfinite(norm):  # a finite loss can still have NaN gradients: stop before any update
             culprit = first_non_finite(((self.names[id(p)], p.grad) for p in grads), "gradient")
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
             raise NonFiniteLossError(step + 1, "the outer gradients", norm, culprit, what="gradient norm")
+        if self.grad_clip > 0 and total is not None:
+            _scale_to(grads, self.grad_clip, total)
         stepped = [self._gate(g, step) for g in self.periodic]
         for opt in self.optimizers:
             opt.step()
@@ -134,7 +143,7 @@ class OuterLoop:
             opt.zero_grad(set_to_none=True)
         for sched in self.schedulers:
             sched.step()
-        return {"grad_norm": norm, "level_steps": sum(stepped)}
+        return {"loss": loss_value, "grad_norm": norm, "level_steps": sum(stepped), "skipped": False}
 
     def _gate(self, group: dict, step: int) -> bool:
         """Fold this step's gradients into the group's accumulator; expose the sum/mean when it is due."""
@@ -156,13 +165,30 @@ class OuterLoop:
         self.acc = {k: v.clone() for k, v in state.get("acc", {}).items()}
 
 
-def _clip(params: list[Tensor], max_norm: float) -> float:
-    """Global gradient-norm clipping (``max_norm`` 0 = off); returns the norm before clipping."""
-    if not params:
-        return 0.0
-    if max_norm > 0:
-        try:  # a non-finite norm raises before any gradient is scaled, so the bad one can still be named
-            return float(torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=True))
-        except RuntimeError:
-            return float("nan")
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+def _total_norm(grads: list[Tensor]) -> Tensor | None:
+    """The global L2 norm of ``grads`` as a device tensor (no sync; grouped foreach kernels where torch has them)."""
+    if not grads:
+        return None
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if get_total_norm is not None:
+        return get_total_norm([p.grad for p in grads])
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in grads]))
+
+
+def _read_together(loss: Tensor | None, norm: Tensor | None) -> tuple[float, float]:
+    """``(loss, norm)`` as floats in one device-to-host copy (0.0 for what is absent)."""
+    parts = [t.detach().double().reshape(()) for t in (loss, norm) if t is not None]
+    values = torch.stack(parts).tolist() if parts else []
+    loss_value = values.pop(0) if loss is not None else 0.0
+    return loss_value, (values.pop(0) if norm is not None else 0.0)
+
+
+def _scale_to(grads: list[Tensor], max_norm: float, total: Tensor) -> None:
+    """Clip: scale every gradient by ``min(1, max_norm / (norm + 1e-6))`` (torch's clip_grad_norm_ rule)."""
+    clip_with_norm = getattr(torch.nn.utils, "clip_grads_with_norm_", None)  # torch >= 2.6
+    if clip_with_norm is not None:
+        clip_with_norm(grads, max_norm, total)
+        return
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for p in grads:
+        p.grad.mul_(coef.to(p.grad.device, p.grad.dtype))
