@@ -21,6 +21,7 @@ class BaselineConfig:
     heads: int = 12
     mlp_ratio: float = 8 / 3
     rope_base: float = 10000.0
+    max_seq: int = 32768
     tie_embeddings: bool = True
 
 
@@ -78,6 +79,13 @@ class BaselineLM(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
+        # RoPE tables computed once: computed inside the compiled graph, Inductor fuses cos/sin into every
+        # rotation and evaluates them per element of q and k (measured 22 of 80 ms of a step on an H200)
+        dh = cfg.dim // cfg.heads
+        inv = 1.0 / (cfg.rope_base ** (torch.arange(0, dh, 2).double() / dh))
+        ang = torch.outer(torch.arange(cfg.max_seq).double(), inv)  # (max_seq, Dh/2)
+        self.register_buffer("rope_cos", ang.cos().float(), persistent=False)
+        self.register_buffer("rope_sin", ang.sin().float(), persistent=False)
         nn.init.normal_(self.embed.weight, std=0.02)
         for name, p in self.named_parameters():
             if p.dim() == 2 and "embed" not in name:
@@ -85,12 +93,10 @@ class BaselineLM(nn.Module):
 
     def forward(self, tokens):
         T = tokens.shape[1]
-        dh = self.cfg.dim // self.cfg.heads
-        inv = 1.0 / (self.cfg.rope_base ** (torch.arange(0, dh, 2, device=tokens.device).float() / dh))
-        ang = torch.outer(torch.arange(T, device=tokens.device).float(), inv)  # (T, Dh/2)
-        cos, sin = ang.cos()[None, None], ang.sin()[None, None]  # (1, 1, T, Dh/2)
+        if T > self.rope_cos.shape[0]:
+            raise ValueError(f"sequence of {T} tokens is longer than max_seq = {self.rope_cos.shape[0]}")
         x = self.embed(tokens)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        cos, sin = self.rope_cos[None, None, :T].to(x.dtype), self.rope_sin[None, None, :T].to(x.dtype)
         for block in self.blocks:
             x = block(x, cos, sin)
         return self.head(self.norm(x))

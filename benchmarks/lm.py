@@ -242,10 +242,11 @@ def make_train_step(model: nn.Module, name: str, compile_mode: str = "auto", bac
 
 # ----------------------------------------------------------------------------------- generation
 def _baseline_cos_sin(model, start: int, T: int, device, dtype):
-    dh = model.cfg.dim // model.cfg.heads
-    inv = 1.0 / (model.cfg.rope_base ** (torch.arange(0, dh, 2, device=device).float() / dh))
-    ang = torch.outer(torch.arange(start, start + T, device=device).float(), inv)  # (T, Dh/2)
-    return ang.cos()[None, None].to(dtype), ang.sin()[None, None].to(dtype)
+    """The baseline's own RoPE tables (built once in the model) at positions ``start .. start + T - 1``."""
+    if start + T > model.rope_cos.shape[0]:
+        raise ValueError(f"position {start + T} is past the baseline's max_seq = {model.rope_cos.shape[0]}")
+    cos, sin = model.rope_cos[start:start + T].to(device, dtype), model.rope_sin[start:start + T].to(device, dtype)
+    return cos[None, None], sin[None, None]
 
 
 def baseline_cached_forward(model, tokens: Tensor, cache: list | None) -> tuple[Tensor, list]:

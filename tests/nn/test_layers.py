@@ -120,3 +120,26 @@ def test_sliding_window_equals_masked_full_attention(tq, window):
 def test_bad_values_raise_clear_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_rope_tables_match_float64_and_stay_one_op_when_compiled():
+    """The tables equal a float64 evaluation, and torch.compile sees them as one opaque op (so Inductor
+    cannot fuse cos/sin into each rotation and evaluate them per element of q and k)."""
+    rope = RotaryEmbedding(16, base=500.0)
+    cos, sin = rope.cos_sin(40, 7)
+    inv = 500.0 ** (-torch.arange(0, 16, 2, dtype=torch.float64) / 16)
+    ang = (torch.arange(40, dtype=torch.float64) + 7)[:, None] * inv[None, :]
+    torch.testing.assert_close(cos.double(), ang.cos(), rtol=0, atol=2e-5)
+    torch.testing.assert_close(sin.double(), ang.sin(), rtol=0, atol=2e-5)
+    graphs = []
+
+    def record(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    x = torch.randn(2, 3, 40, 16)
+    out = torch.compile(lambda t: rope(t, 7), backend=record, fullgraph=True)(x)
+    torch.testing.assert_close(out, rope(x, 7))
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert sum("rope_tables" in t for t in targets) == 1
+    assert not any(t.endswith(("cos", "sin")) for t in targets)
