@@ -23,6 +23,11 @@ else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1
+# without nldsl's own dependencies every model would silently fall back to benchmarks/lm.py's hand assembly
+if ! python3 -c "import nldsl.build" 2>"$OUT/import.err"; then
+  echo "error: nldsl does not import here ($(tail -1 "$OUT/import.err")); carry .whl (see the header) and run again"
+  exit 3
+fi
 status=0
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(check train)
