@@ -178,7 +178,7 @@ def _total_norm(grads: list[Tensor]) -> Tensor | None:
 def _read_together(loss: Tensor | None, norm: Tensor | None) -> tuple[float, float]:
     """``(loss, norm)`` as floats in one device-to-host copy (0.0 for what is absent)."""
     parts = [t.detach().double().reshape(()) for t in (loss, norm) if t is not None]
-    values = torch.stack(parts).tolist() if parts else []
+    values = torch.stack([t.to(parts[0].device) for t in parts]).tolist() if parts else []
     loss_value = values.pop(0) if loss is not None else 0.0
     return loss_value, (values.pop(0) if norm is not None else 0.0)
 
