@@ -9,7 +9,7 @@
 #   compare   nldsl train on hope/titans/transformer.nl at one size (benchmarks/train_compare.py)
 #   fused     one Titans memory layer: the fused Triton scan vs the torch path (benchmarks/fused_scan.py)
 # Each stage's console is also kept in $OUT/<stage>.console (it comes back even when the call is cut short).
-# Env: TORCH_MODE (torch.compile mode of the nldsl models for train/long, e.g. reduce-overhead), TESTS_TIMEOUT (seconds for tests), MODELS (comma list for train/long/generate), GEN_BUDGET (seconds for generate), TESTS_K (pytest -k filter for tests), STEPS, BUDGET, CHECK_ARGS.
+# Env: TORCH_MODE (torch.compile mode of the nldsl models for train/long, e.g. reduce-overhead), TESTS_TIMEOUT (seconds for tests), MODELS (comma list for train/long/generate), GEN_BUDGET (seconds for generate), GEN_ARGS (more throughput.py flags for generate, e.g. --sdpa no-cudnn), TESTS_K (pytest -k filter for tests), STEPS, BUDGET, CHECK_ARGS.
 # Usage (on the GPU machine, from the repository root):  OUT=/tmp/out bash benchmarks/gpu_session.sh check train
 # Python wheels the GPU image lacks (lark, pydantic, graphviz, fla) are installed from .whl/ when present.
 set -uo pipefail
@@ -40,7 +40,7 @@ run_stage() {
                 --budget-s "${BUDGET:-330}" ${TORCH_MODE:+--torch-mode "$TORCH_MODE"} --out "$OUT/train" ;;
     long)     python3 benchmarks/throughput.py ${MODELS:+--models "$MODELS"} --seqs 16384 --steps "$STEPS" --profile-max-ms 60000 \
                 --budget-s "${BUDGET:-330}" ${TORCH_MODE:+--torch-mode "$TORCH_MODE"} --out "$OUT/long" ;;
-    generate) python3 benchmarks/throughput.py --generate ${MODELS:+--models "$MODELS"} ${GEN_BUDGET:+--budget-s "$GEN_BUDGET"} --out "$OUT/generate" ;;
+    generate) python3 benchmarks/throughput.py --generate ${MODELS:+--models "$MODELS"} ${GEN_BUDGET:+--budget-s "$GEN_BUDGET"} ${GEN_ARGS:-} --out "$OUT/generate" ;;
     compare)  timeout "${COMPARE_TIMEOUT:-900}" python3 benchmarks/train_compare.py ${COMPARE_ARGS:-} --steps "${COMPARE_STEPS:-200}" --seq "${COMPARE_SEQ:-512}" \
                 --batch "${COMPARE_BATCH:-8}" --quiet --json "$OUT/compare.json" --out /tmp/nldsl-compare ;;
     *) echo "unknown stage: $1 (check, tests, fused, train, long, generate, compare)"; return 2 ;;

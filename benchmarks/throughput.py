@@ -19,6 +19,7 @@ from ``benchmarks/lm.py`` (the runtime blocks assembled by hand, as examples/*.n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -49,8 +50,11 @@ TRAIN_COLUMNS = [
 GEN_COLUMNS = [
     ("model", "model", ""), ("batch", "B", "d"), ("prefill_tok_s", "prefill tok/s", ",.0f"),
     ("decode_tok_s", "decode tok/s", ",.1f"), ("ratio", "x base", ".3f"), ("ms_per_token", "ms/token", ".2f"),
-    ("peak_gib", "peak GiB", ".1f"), ("note", "note", ""),
+    ("peak_gib", "peak GiB", ".1f"), ("kernels", "kernels/token", "d"), ("busy", "GPU busy", ".0%"),
+    ("note", "note", ""),
 ]
+PROFILED_TOKENS = 4
+"""Decode tokens under the profiler per --generate row (kernels per token, GPU busy share, top kernels)."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt", type=int, default=512, help="prompt tokens for --generate")
     p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens for --generate")
     p.add_argument("--gen-batches", default="1,32")
+    p.add_argument("--sdpa", choices=("default", "no-cudnn"), default="default",
+                   help="--generate: SDPA backends torch may pick; no-cudnn leaves out cuDNN attention (which "
+                        "plans per shape, and every decoded token has a new cache length)")
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the profiled step per row (kernel count, GPU busy share, top kernels)")
     p.add_argument("--profile-max-ms", type=float, default=2500.0, help="profile only rows with faster steps")
@@ -330,7 +337,7 @@ def gen_row(name: str, batch: int, size: lm.Size, args, device) -> dict:
                 token = logits[:, -1:].argmax(-1)
         return state, token
 
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda), sdpa_backends(args.sdpa):
         # warm-up at the timed prompt's own shape: kernels specialised on the length (the fused scan's chunk
         # count, compiled graphs) are built here, not in the timed prefill
         logits, state = prefill(prompt)
@@ -340,7 +347,14 @@ def gen_row(name: str, batch: int, size: lm.Size, args, device) -> dict:
         logits, state = result[0]
         token = logits[:, -1:].argmax(-1)
         ms = bu.time_ms(lambda: decode(state, token, args.new_tokens), device)[0]
+        if args.profile and cuda:  # what a token costs: launches (host bound?) or a slow kernel
+            label = f"{name} decode B {batch} ({PROFILED_TOKENS} tokens)"
+            prof = profile_step(lambda: decode(state, token, PROFILED_TOKENS), device, args.log, label,
+                                PROFILED_TOKENS * ms / args.new_tokens)
+            row.update(kernels=prof["kernels"] // PROFILED_TOKENS, busy=prof["busy"])
     notes = ["KV cache" if name in ("baseline", "transformer") else "in-context state"]
+    if args.sdpa != "default":
+        notes.append(f"sdpa {args.sdpa}")
     if task:
         notes.append("prefill adapts task levels")
     if name != "baseline":
@@ -349,6 +363,15 @@ def gen_row(name: str, batch: int, size: lm.Size, args, device) -> dict:
                decode_tok_s=batch * args.new_tokens / (ms * 1e-3), peak_gib=bu.peak_gib(device),
                note="; ".join(notes))
     return row
+
+
+def sdpa_backends(choice: str):
+    """The SDPA backends of ``--sdpa`` as a context (nothing changed for ``default``)."""
+    if choice == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def gen_table(args, device, size: lm.Size, log: bu.Log) -> list[dict]:

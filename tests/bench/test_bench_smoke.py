@@ -64,6 +64,23 @@ def test_generate_smoke_decodes_with_state_and_kv_cache(tmp_path):
         assert r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0, r
 
 
+def test_generate_without_cudnn_attention_gives_the_same_tokens(tmp_path):
+    """``--sdpa no-cudnn`` only narrows the SDPA backends: the row says so, and the decoding is unchanged."""
+    args = ["--smoke", "--generate", "--models", "baseline", "--gen-batches", "1", "--out", str(tmp_path)]
+    assert throughput.main([*args, "--sdpa", "no-cudnn"]) == 0
+    rows = json.loads((tmp_path / "generate.json").read_text())["rows"]
+    assert rows and all("sdpa no-cudnn" in r["note"] and r["decode_tok_s"] > 0 for r in rows)
+    with throughput.sdpa_backends("no-cudnn"):
+        torch.manual_seed(0)
+        model = lm.build_model("baseline", lm.Size(vocab=64, dim=32, layers=1, heads=2), "cpu").eval()
+        prompt = torch.randint(0, 64, (1, 6))
+        with torch.no_grad():
+            narrowed = lm.generate(lm.lm_step_fn(model, "baseline"), prompt, 3)
+    with torch.no_grad():
+        plain = lm.generate(lm.lm_step_fn(model, "baseline"), prompt, 3)
+    assert torch.equal(narrowed, plain)
+
+
 def test_gpu_check_smoke_runs_every_case(tmp_path):
     """Every case eagerly; dynamo (explain + compile, eager backend) until a small budget is spent."""
     assert gpu_check.main(["--smoke", "--no-tests", "--compile-budget-s", "3", "--out", str(tmp_path)]) == 0
