@@ -91,12 +91,16 @@ class BaselineLM(nn.Module):
             if p.dim() == 2 and "embed" not in name:
                 nn.init.normal_(p, std=0.02)
 
+    def rope(self, start: int, T: int, dtype: torch.dtype):
+        """cos, sin ``(1, 1, T, Dh/2)`` of positions ``start .. start + T - 1`` from the tables built once."""
+        if start + T > self.rope_cos.shape[0]:
+            raise ValueError(f"position {start + T} is past max_seq = {self.rope_cos.shape[0]}")
+        span = slice(start, start + T)
+        return self.rope_cos[None, None, span].to(dtype), self.rope_sin[None, None, span].to(dtype)
+
     def forward(self, tokens):
-        T = tokens.shape[1]
-        if T > self.rope_cos.shape[0]:
-            raise ValueError(f"sequence of {T} tokens is longer than max_seq = {self.rope_cos.shape[0]}")
         x = self.embed(tokens)
-        cos, sin = self.rope_cos[None, None, :T].to(x.dtype), self.rope_sin[None, None, :T].to(x.dtype)
+        cos, sin = self.rope(0, tokens.shape[1], x.dtype)
         for block in self.blocks:
             x = block(x, cos, sin)
         return self.head(self.norm(x))

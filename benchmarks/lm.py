@@ -241,14 +241,6 @@ def make_train_step(model: nn.Module, name: str, compile_mode: str = "auto", bac
 
 
 # ----------------------------------------------------------------------------------- generation
-def _baseline_cos_sin(model, start: int, T: int, device, dtype):
-    """The baseline's own RoPE tables (built once in the model) at positions ``start .. start + T - 1``."""
-    if start + T > model.rope_cos.shape[0]:
-        raise ValueError(f"position {start + T} is past the baseline's max_seq = {model.rope_cos.shape[0]}")
-    cos, sin = model.rope_cos[start:start + T].to(device, dtype), model.rope_sin[start:start + T].to(device, dtype)
-    return cos[None, None], sin[None, None]
-
-
 def baseline_cached_forward(model, tokens: Tensor, cache: list | None) -> tuple[Tensor, list]:
     """The hand-written baseline with a KV cache (its own modules and math, positions offset by the cache).
 
@@ -259,7 +251,7 @@ def baseline_cached_forward(model, tokens: Tensor, cache: list | None) -> tuple[
     B, T = tokens.shape
     start = 0 if cache is None else cache[0][0].shape[2]
     x = model.embed(tokens)
-    cos, sin = _baseline_cos_sin(model, start, T, tokens.device, x.dtype)
+    cos, sin = model.rope(start, T, x.dtype)
     new_cache = []
     for i, blk in enumerate(model.blocks):
         D = x.shape[-1]

@@ -134,10 +134,8 @@ class Compiled:
         # one device sync per step: the loss and the gradient norm are read together; a non-finite loss makes
         # no update, and its gradients stay so the caller's diagnosis can name the first non-finite one
         info = self._outer.step(self.step, torch.stack(losses).mean())
-        if info["skipped"]:
-            return {"loss": info["loss"], "grad_norm": float("nan"), "lr": lr, "step": self.step,
-                    "tokens": int(y.numel()), "level_steps": 0}
-        self.step += 1
+        if not info["skipped"]:  # a skipped step (non-finite loss) made no update
+            self.step += 1
         return {"loss": info["loss"], "grad_norm": info["grad_norm"], "lr": lr, "step": self.step,
                 "tokens": int(y.numel()), "level_steps": info["level_steps"]}
 

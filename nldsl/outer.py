@@ -177,10 +177,9 @@ def _total_norm(grads: list[Tensor]) -> Tensor | None:
 
 def _read_together(loss: Tensor | None, norm: Tensor | None) -> tuple[float, float]:
     """``(loss, norm)`` as floats in one device-to-host copy (0.0 for what is absent)."""
-    parts = [t.detach().double().reshape(()) for t in (loss, norm) if t is not None]
-    values = torch.stack([t.to(parts[0].device) for t in parts]).tolist() if parts else []
-    loss_value = values.pop(0) if loss is not None else 0.0
-    return loss_value, (values.pop(0) if norm is not None else 0.0)
+    present = [t.detach().double().reshape(()) for t in (loss, norm) if t is not None]
+    values = iter(torch.stack([t.to(present[0].device) for t in present]).tolist() if present else [])
+    return (next(values) if loss is not None else 0.0), (next(values) if norm is not None else 0.0)
 
 
 def _scale_to(grads: list[Tensor], max_norm: float, total: Tensor) -> None:

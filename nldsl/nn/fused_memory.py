@@ -178,26 +178,35 @@ def _scan_forward(k: Tensor, v: Tensor, q: Tensor, gam: Tensor, rho: Tensor | No
     """``(y, W1', W2', S1', S2', saved chunk-start states)`` over full chunks (``S'``: empty without momentum;
     the saved states: one element unless ``save_states``). ``stopgrad`` is only read by the backward."""
     B, H, T, D = k.shape
-    HID, NC, sd = w1.shape[-2], T // chunk, w1.dtype
     momentum = s1 is not None
     k, v, q = (x if x.stride(-1) == 1 else x.contiguous() for x in (k, v, q))
     gam, rho, dec = (None if x is None else x.contiguous() for x in (gam, rho, dec))  # indexed as dense
     state = [x.contiguous() for x in ((w1, w2, s1, s2) if momentum else (w1, w2))]
-    outs = [_dense(x.shape, x) for x in state]
-    nsave = 4 if momentum else 2
-    save = k.new_empty((B * H * NC * nsave * HID * D) if save_states else 1, dtype=sd)
-    y = torch.empty(B, H, T, D, dtype=k.dtype, device=k.device)
+    y, *outs, save = outputs = _forward_outputs(k, w1, w2, s1, s2, chunk, save_states)
     dummy = gam.new_empty(1)  # stands in for the momentum pointers without momentum (never touched)
     fwd, _ = _kernels()
     fwd[(B * H,)](
         k, v, q, y, gam, rho if momentum else dummy, dec, *state[:2],
         *(state[2:] if momentum else (dummy, dummy)), *outs[:2], *(outs[2:] if momentum else (dummy, dummy)),
         save, H, *_strides(k, v, q),
-        NC=NC, C=chunk, D=D, HID=HID, MOMENTUM=momentum, SAVE_STATES=save_states, **_precision(k), NSAVE=nsave,
-        **_launch(k),
+        NC=T // chunk, C=chunk, D=D, HID=w1.shape[-2], MOMENTUM=momentum, SAVE_STATES=save_states,
+        **_precision(k), NSAVE=4 if momentum else 2, **_launch(k),
     )
-    none = w1.new_empty(0)
-    return (y, *outs, save) if momentum else (y, *outs, none, none.clone(), save)
+    return outputs
+
+
+def _forward_outputs(k: Tensor, w1: Tensor, w2: Tensor, s1: Tensor | None, s2: Tensor | None, chunk: int,
+                     save_states: bool) -> tuple[Tensor, ...]:
+    """The forward op's outputs, allocated (by the real op and its fake alike, so the two cannot disagree):
+    ``y``, ``W1', W2', S1', S2'`` (``S'`` empty without momentum) and the saved chunk-start states."""
+    B, H, T, D = k.shape
+    momentum = s1 is not None
+    nsave = 4 if momentum else 2
+    save = k.new_empty((B * H * (T // chunk) * nsave * w1.shape[-2] * D) if save_states else 1, dtype=w1.dtype)
+    states = [_dense(x.shape, x) for x in ((w1, w2, s1, s2) if momentum else (w1, w2))]
+    if not momentum:
+        states += [w1.new_empty(0), w1.new_empty(0)]
+    return (torch.empty(B, H, T, D, dtype=k.dtype, device=k.device), *states, save)
 
 
 def _scan_backward(k: Tensor, v: Tensor, q: Tensor, dy: Tensor, gam: Tensor, rho: Tensor | None, dec: Tensor,
@@ -207,26 +216,28 @@ def _scan_backward(k: Tensor, v: Tensor, q: Tensor, dy: Tensor, gam: Tensor, rho
     without momentum): the reverse walk over the chunks from the saved chunk-start states."""
     B, H, T, D = k.shape
     momentum = rho is not None
-    HID, NC, sd = dw1.shape[-2], T // chunk, gam.dtype
     gam, rho, dec, save = (None if x is None else x.contiguous() for x in (gam, rho, dec, save))
-    adj = [x.to(sd).contiguous().clone() for x in ((dw1, dw2, ds1, ds2) if momentum else (dw1, dw2))]
-    dk, dv, dq = (torch.empty(B, H, T, D, dtype=sd, device=k.device) for _ in range(3))
-    dgam = _dense(gam.shape, gam)
+    adj = [x.to(gam.dtype).contiguous().clone() for x in ((dw1, dw2, ds1, ds2) if momentum else (dw1, dw2))]
+    dk, dv, dq, dgam, drho, ddec = grads = _backward_input_grads(k, gam, dec, momentum)
     spare = gam.new_empty(1)  # the momentum pointers without momentum (never touched)
-    drho = _dense(gam.shape, gam) if momentum else spare
-    ddec = torch.zeros(dec.shape, dtype=dec.dtype, device=dec.device)
     _, bwd = _kernels()
     bwd[(B * H,)](
         k, v, q, dy.contiguous(), gam, rho if momentum else spare, dec, save,
-        *adj[:2], *(adj[2:] if momentum else (spare, spare)), dk, dv, dq, dgam, drho, ddec,
+        *adj[:2], *(adj[2:] if momentum else (spare, spare)), dk, dv, dq, dgam, drho if momentum else spare, ddec,
         H, *_strides(k, v, q),
-        NC=NC, C=chunk, D=D, HID=HID, MOMENTUM=momentum, STOPGRAD=stopgrad, **_precision(k),
+        NC=T // chunk, C=chunk, D=D, HID=dw1.shape[-2], MOMENTUM=momentum, STOPGRAD=stopgrad, **_precision(k),
         NSAVE=4 if momentum else 2, **_launch(k),
     )
-    none = gam.new_empty(0)
-    if not momentum:
-        drho, adj = none, adj + [none.clone(), none.clone()]
-    return (dk, dv, dq, dgam, drho, ddec, *adj)
+    return (*grads, *adj) if momentum else (*grads, *adj, gam.new_empty(0), gam.new_empty(0))
+
+
+def _backward_input_grads(k: Tensor, gam: Tensor, dec: Tensor, momentum: bool) -> tuple[Tensor, ...]:
+    """The backward op's ``(dk, dv, dq, dγ, dρ, d decays)``, allocated (by the real op and its fake alike;
+    dk, dv, dq in the state's dtype, dρ empty without momentum, d decays zeroed: the kernel accumulates)."""
+    B, H, T, D = k.shape
+    dk, dv, dq = (torch.empty(B, H, T, D, dtype=gam.dtype, device=k.device) for _ in range(3))
+    drho = _dense(gam.shape, gam) if momentum else gam.new_empty(0)
+    return dk, dv, dq, _dense(gam.shape, gam), drho, torch.zeros(dec.shape, dtype=dec.dtype, device=dec.device)
 
 
 _FWD_SCHEMA = ("(Tensor k, Tensor v, Tensor q, Tensor gam, Tensor? rho, Tensor dec, Tensor w1, Tensor w2, Tensor? s1, "
@@ -245,25 +256,16 @@ scan_backward_op = torch.library.custom_op("nldsl::fused_memory_scan_backward", 
 
 @scan_op.register_fake
 def _(k, v, q, gam, rho, dec, w1, w2, s1, s2, chunk, stopgrad, save_states):
-    B, H, T, D = k.shape
-    nsave = 2 if s1 is None else 4
-    save = k.new_empty((B * H * (T // chunk) * nsave * w1.shape[-2] * D) if save_states else 1, dtype=w1.dtype)
-    outs = [_dense(x.shape, x) for x in (w1, w2)]
-    outs += [w1.new_empty(0), w1.new_empty(0)] if s1 is None else [_dense(x.shape, x) for x in (s1, s2)]
-    return (torch.empty(B, H, T, D, dtype=k.dtype, device=k.device), *outs, save)
+    return _forward_outputs(k, w1, w2, s1, s2, chunk, save_states)
 
 
 @scan_backward_op.register_fake
 def _(k, v, q, dy, gam, rho, dec, save, dw1, dw2, ds1, ds2, chunk, stopgrad):
-    B, H, T, D = k.shape
-    sd = gam.dtype
-    dk, dv, dq = (torch.empty(B, H, T, D, dtype=sd, device=k.device) for _ in range(3))
-    adj = [torch.empty(x.shape, dtype=sd, device=x.device) for x in (dw1, dw2)]
-    if rho is None:
-        return (dk, dv, dq, _dense(gam.shape, gam), gam.new_empty(0), _dense(dec.shape, dec), *adj,
-                gam.new_empty(0), gam.new_empty(0))
-    adj += [torch.empty(x.shape, dtype=sd, device=x.device) for x in (ds1, ds2)]
-    return (dk, dv, dq, _dense(gam.shape, gam), _dense(gam.shape, gam), _dense(dec.shape, dec), *adj)
+    momentum = rho is not None
+    adjoints = (dw1, dw2, ds1, ds2) if momentum else (dw1, dw2)
+    adj = [torch.empty(x.shape, dtype=gam.dtype, device=x.device) for x in adjoints]
+    grads = _backward_input_grads(k, gam, dec, momentum)
+    return (*grads, *adj) if momentum else (*grads, *adj, gam.new_empty(0), gam.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
